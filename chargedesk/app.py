@@ -1,0 +1,90 @@
+"""Composition root: builds the runtime (engine, bus, central system) and the FastAPI app."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import Engine, text
+
+from chargedesk.auth import OperatorUser
+from chargedesk.db import make_engine
+from chargedesk.events import InMemoryEventBus
+from chargedesk.logging import configure_logging
+from chargedesk.settings import Settings, get_settings
+from station_api.central import CentralSystem
+
+BackgroundJob = Callable[["Runtime"], Awaitable[None]]
+
+
+@dataclass
+class Runtime:
+    """Everything one running service shares; reached in views via ``request.app.state``."""
+
+    settings: Settings
+    engine: Engine
+    bus: InMemoryEventBus
+    central: CentralSystem
+    jobs: list[BackgroundJob] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Runtime:
+        engine = make_engine(settings.resolved_database_url())
+        bus = InMemoryEventBus()
+        return cls(settings, engine, bus, CentralSystem(settings=settings, engine=engine, bus=bus))
+
+
+def create_app(
+    settings: Settings | None = None, *, jobs: list[BackgroundJob] | None = None
+) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    runtime = Runtime.build(settings)
+    runtime.jobs.extend(jobs or [])
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(runtime.central.run_liveness())]
+        tasks += [asyncio.create_task(job(runtime)) for job in runtime.jobs]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with suppress(asyncio.CancelledError):
+                    await task
+            await runtime.bus.join()
+            runtime.engine.dispose()
+
+    app = FastAPI(
+        title="ChargeDesk",
+        version="0.1.0",
+        description="Support and operations for EV charging networks.",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+
+    from station_api.views import ocpp_router
+    from station_api.views import router as stations_router
+
+    app.include_router(stations_router)
+    app.include_router(ocpp_router)
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz() -> dict[str, str]:
+        """Liveness and database reachability."""
+        with runtime.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return {"status": "ok"}
+
+    @app.get("/metrics", tags=["ops"])
+    def metrics(_: OperatorUser) -> Response:
+        """Prometheus text format; scrape with an operator key as bearer token."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

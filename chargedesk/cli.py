@@ -1,0 +1,275 @@
+"""The ``chargedesk`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from chargedesk.settings import get_settings
+
+app = typer.Typer(help="ChargeDesk: support and operations for EV charging networks.",
+                  no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+apikey_app = typer.Typer(help="API keys for /api/v1.", no_args_is_help=True)
+station_app = typer.Typer(help="Charging stations.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks; each prints its figures, or one JSON object.",
+                        no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(apikey_app, name="apikey")
+app.add_typer(station_app, name="station")
+app.add_typer(bench_app, name="bench")
+
+
+def _engine():  # type: ignore[no-untyped-def]
+    from chargedesk.db import make_engine
+
+    return make_engine(get_settings().resolved_database_url())
+
+
+def _fail(message: str) -> None:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------- serve
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP and OCPP WebSocket port")] = 8000,
+    demo: Annotated[
+        bool, typer.Option(help="Seed a demo network and simulate its stations")
+    ] = False,
+) -> None:
+    """Run the HTTP API, the OCPP WebSocket endpoint and background jobs in one process."""
+    import uvicorn
+
+    from chargedesk.app import create_app
+    from chargedesk.db import current_revision, head_revision, upgrade
+
+    settings = get_settings()
+    url = settings.resolved_database_url()
+    jobs = []
+    if demo:
+        upgrade(url)
+        jobs.append(_demo_job(host, port))
+    elif current_revision(url) != head_revision():
+        _fail("the database schema is not current: run `chargedesk db upgrade` first")
+    application = create_app(settings, jobs=jobs)
+    uvicorn.run(application, host=host, port=port, log_config=None, ws="websockets-sansio",
+                ws_per_message_deflate=False)
+
+
+def _demo_job(host: str, port: int):  # type: ignore[no-untyped-def]
+    from chargedesk import demo as demo_network
+    from chargedesk.db import session_scope
+
+    demo = demo_network.load_demo()
+
+    async def run(runtime: Any) -> None:
+        from station_api.simulator import run_demo_stations
+
+        def prepare(session: Any) -> str:
+            demo_network.seed(session, demo)
+            return demo_network.fresh_demo_key(session)
+
+        with session_scope(runtime.engine) as session:
+            key = prepare(session)
+        base = f"http://{host}:{port}"
+        typer.secho(
+            f"\nChargeDesk demo on {base}\n"
+            f"  API docs:        {base}/docs\n"
+            f"  operator key:    {key}\n"
+            f"  try:             curl -H 'Authorization: Bearer {key}' {base}/api/v1/stations\n",
+            fg=typer.colors.GREEN, err=True,
+        )
+        await asyncio.sleep(0.5)  # let uvicorn bind before the stations dial in
+        await run_demo_stations(
+            f"ws://{host}:{port}/ocpp", demo["stations"],
+            id_tags=[t["id_tag"] for t in demo["id_tags"] if not t.get("status")],
+        )
+
+    return run
+
+
+# ---------------------------------------------------------------- db
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Migrate the database to the newest schema (or to REVISION)."""
+    from chargedesk.db import upgrade
+
+    url = get_settings().resolved_database_url()
+    upgrade(url, revision)
+    typer.echo(f"database at {revision}: {_redact(url)}")
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# ---------------------------------------------------------------- api keys
+
+
+@apikey_app.command("create")
+def apikey_create(
+    role: Annotated[str, typer.Option(help="operator or agent")],
+    name: Annotated[str, typer.Option(help="Who or what uses the key")] = "cli",
+) -> None:
+    """Create an API key; it is shown once and stored hashed."""
+    from chargedesk.auth import create_api_key
+    from chargedesk.db import session_scope
+    from chargedesk.models import Role
+
+    try:
+        role_ = Role(role)
+    except ValueError:
+        _fail(f"unknown role {role!r}: use operator or agent")
+    with session_scope(_engine()) as session:
+        row, key = create_api_key(session, name=name, role=role_)
+        key_id = row.id
+    typer.echo(key)
+    typer.secho(f"key {key_id} ({role_}, {name}): keep it now, it cannot be shown again",
+                err=True)
+
+
+@apikey_app.command("list")
+def apikey_list() -> None:
+    """List keys (never the keys themselves)."""
+    from sqlmodel import select
+
+    from chargedesk.db import session_scope
+    from chargedesk.models import ApiKey
+
+    with session_scope(_engine()) as session:
+        for row in session.exec(select(ApiKey).order_by(ApiKey.id)).all():
+            state = "revoked" if row.revoked_at else "active"
+            typer.echo(f"{row.id}\t{row.role}\t{row.name}\t{row.prefix}…\t{state}")
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(key_id: int) -> None:
+    """Revoke a key by its id."""
+    from chargedesk.auth import revoke_api_key
+    from chargedesk.db import session_scope
+
+    with session_scope(_engine()) as session:
+        if not revoke_api_key(session, key_id=key_id):
+            _fail(f"no active key {key_id}")
+    typer.echo(f"key {key_id} revoked")
+
+
+# ---------------------------------------------------------------- stations
+
+
+@station_app.command("add")
+def station_add(
+    station_id: str,
+    password: Annotated[str | None, typer.Option(help="OCPP Basic-auth password")] = None,
+) -> None:
+    """Register a station, with its security-profile-1 password."""
+    from chargedesk.db import session_scope
+    from station_api import service
+
+    try:
+        with session_scope(_engine()) as session:
+            service.register_station(session, station_id=station_id, password=password)
+    except service.StationError as exc:
+        _fail(str(exc))
+    typer.echo(f"station {station_id} registered")
+
+
+@station_app.command("list")
+def station_list() -> None:
+    """Stations with registration, online state and connector status."""
+    from chargedesk.db import session_scope
+    from station_api import service
+
+    with session_scope(_engine()) as session:
+        stations = service.list_stations(session)
+        connectors = service.list_connectors(session, station_ids=[s.id for s in stations])
+    for s in stations:
+        states = ", ".join(
+            f"{c.connector_id}:{c.status}" for c in connectors if c.station_id == s.id
+        )
+        seen = s.last_seen_at.isoformat(timespec="seconds") if s.last_seen_at else "never"
+        typer.echo(f"{s.id}\t{s.registration}\t{'online' if s.online else 'offline'}\t"
+                   f"last seen {seen}\t{states}")
+
+
+@station_app.command("command")
+def station_command(
+    station_id: str,
+    action: str,
+    payload: Annotated[str, typer.Option("--json", help="The OCPP payload as JSON")] = "{}",
+    url: Annotated[str, typer.Option(envvar="CHARGEDESK_URL", help="The running service")] = (
+        "http://127.0.0.1:8000"
+    ),
+    api_key: Annotated[str | None, typer.Option(envvar="CHARGEDESK_API_KEY",
+                                                help="An operator or agent key")] = None,
+    reason: Annotated[str | None, typer.Option(help="Why, for the audit log")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds to wait for the station")] = None,
+) -> None:
+    """Send an OCPP command through the running service and print its outcome."""
+    if not api_key:
+        _fail("give an API key with --api-key or CHARGEDESK_API_KEY")
+    try:
+        body = json.loads(payload)
+    except json.JSONDecodeError as exc:
+        _fail(f"--json is not JSON: {exc}")
+    params = {k: v for k, v in {"reason": reason, "timeout": timeout}.items() if v is not None}
+    try:
+        answer = httpx.post(
+            f"{url}/api/v1/stations/{station_id}/commands/{action}", json=body, params=params,
+            headers={"Authorization": f"Bearer {api_key}"}, timeout=(timeout or 30) + 10,
+        )
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach {url}: {exc}")
+    typer.echo(json.dumps(answer.json(), indent=2))
+    if answer.status_code != 200 or answer.json().get("outcome") != "accepted":
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------- simulator
+
+
+@app.command()
+def simulate(
+    url: Annotated[str, typer.Option(help="Central system, without the station id")] = (
+        "ws://127.0.0.1:8000/ocpp"
+    ),
+    stations: Annotated[int, typer.Option(min=1)] = 1,
+    connectors: Annotated[int, typer.Option(min=1)] = 2,
+    password: Annotated[str | None, typer.Option(envvar="CHARGEDESK_SIM_PASSWORD")] = None,
+    id_prefix: Annotated[str, typer.Option(help="Stations are PREFIX-0001 …")] = "SIM",
+    duration: Annotated[float | None, typer.Option(help="Seconds; default until Ctrl-C")] = None,
+) -> None:
+    """Run simulated OCPP 1.6J charge points against a central system."""
+    from station_api.simulator import run_simulation
+
+    def progress(text: str) -> None:
+        typer.echo(text, err=True)
+
+    try:
+        totals = asyncio.run(run_simulation(
+            url, stations=stations, connectors=connectors, password=password,
+            id_prefix=id_prefix, duration=duration, progress=progress,
+        ))
+    except KeyboardInterrupt:
+        return
+    typer.echo(json.dumps(totals, default=str))
+
+
+def main() -> None:  # pragma: no cover - console entry
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(app())

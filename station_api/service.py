@@ -1,0 +1,632 @@
+"""Station services: the only place that queries station tables.
+
+Plain keyword-only functions taking a session; callers own the transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from sqlalchemy import func
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, SQLModel, col, select
+
+from chargedesk.security import hash_password, verify_password
+from chargedesk.types import utcnow
+from station_api.models import (
+    CommandLog,
+    CommandOutcome,
+    Connector,
+    IdTag,
+    IdTagStatus,
+    MeterSample,
+    Registration,
+    Station,
+    StatusEvent,
+    Transaction,
+    UnknownStop,
+)
+
+
+class StationError(Exception):
+    """A request that cannot be carried out, with a message fit for the caller."""
+
+
+class NotFound(StationError):
+    pass
+
+
+class Conflict(StationError):
+    pass
+
+
+# ---------------------------------------------------------------- registry
+
+
+def register_station(
+    session: Session,
+    *,
+    station_id: str,
+    password: str | None,
+    registration: Registration = Registration.accepted,
+) -> Station:
+    """Register a station; its password (OCPP security profile 1) is stored hashed."""
+    if session.get(Station, station_id) is not None:
+        raise Conflict(f"station {station_id} already exists")
+    station = Station(
+        id=station_id,
+        registration=registration,
+        password_hash=hash_password(password) if password else None,
+    )
+    session.add(station)
+    session.flush()
+    return station
+
+
+def set_station_password(session: Session, *, station_id: str, password: str) -> Station:
+    station = get_station(session, station_id=station_id)
+    station.password_hash = hash_password(password)
+    session.add(station)
+    return station
+
+
+def get_station(session: Session, *, station_id: str) -> Station:
+    station = session.get(Station, station_id)
+    if station is None:
+        raise NotFound(f"no station {station_id}")
+    return station
+
+
+def list_stations(session: Session) -> Sequence[Station]:
+    return session.exec(select(Station).order_by(Station.id)).all()
+
+
+def list_connectors(session: Session, *, station_ids: Iterable[str]) -> Sequence[Connector]:
+    ids = list(station_ids)
+    if not ids:
+        return []
+    return session.exec(
+        select(Connector)
+        .where(col(Connector.station_id).in_(ids))
+        .order_by(Connector.station_id, Connector.connector_id)
+    ).all()
+
+
+def approve_station(session: Session, *, station_id: str) -> Station:
+    station = get_station(session, station_id=station_id)
+    if station.registration == Registration.decommissioned:
+        raise Conflict(f"station {station_id} is decommissioned; register it again")
+    station.registration = Registration.accepted
+    session.add(station)
+    return station
+
+
+def decommission_station(session: Session, *, station_id: str) -> Station:
+    """Take a station out of service: its connections are refused from now on."""
+    station = get_station(session, station_id=station_id)
+    station.registration = Registration.decommissioned
+    session.add(station)
+    return station
+
+
+@dataclass(frozen=True)
+class HandshakeVerdict:
+    allowed: bool
+    status_code: int = 200
+    reason: str = ""
+    registration: Registration = Registration.accepted
+
+
+def check_handshake(
+    session: Session,
+    *,
+    station_id: str,
+    password: str | None,
+    auto_register: bool,
+    verify: Callable[[str, str], bool] = verify_password,
+) -> HandshakeVerdict:
+    """Decide whether a station may open its WebSocket (OCPP security profile 1).
+
+    Unknown stations get 404 as OCPP-J 1.6 asks, unless auto-registration is on: then they
+    are recorded as pending, with the password they offered, until an operator approves.
+    """
+    station = session.get(Station, station_id)
+    if station is None:
+        if not auto_register:
+            return HandshakeVerdict(False, 404, "unknown charge point")
+        register_station(
+            session, station_id=station_id, password=password, registration=Registration.pending
+        )
+        return HandshakeVerdict(True, registration=Registration.pending)
+    if station.registration == Registration.decommissioned:
+        return HandshakeVerdict(False, 404, "charge point decommissioned")
+    if station.password_hash is not None:
+        if password is None:
+            return HandshakeVerdict(False, 401, "password required")
+        if not verify(password, station.password_hash):
+            return HandshakeVerdict(False, 401, "wrong password")
+    return HandshakeVerdict(True, registration=station.registration)
+
+
+# ---------------------------------------------------------------- station reports
+
+
+def record_boot(
+    session: Session, *, station_id: str, at: datetime, **details: str | None
+) -> Registration:
+    """Store what a BootNotification says about the station; return its registration."""
+    station = get_station(session, station_id=station_id)
+    for key, value in details.items():
+        if value is not None:
+            setattr(station, key, value)
+    station.last_boot_at = at
+    station.last_seen_at = at
+    session.add(station)
+    return station.registration
+
+
+def record_heartbeat(session: Session, *, station_id: str, at: datetime) -> None:
+    station = get_station(session, station_id=station_id)
+    station.last_heartbeat_at = at
+    station.last_seen_at = at
+    session.add(station)
+
+
+def set_online(session: Session, *, station_id: str, online: bool, at: datetime) -> None:
+    station = session.get(Station, station_id)
+    if station is None:
+        return
+    station.online = online
+    station.last_seen_at = at
+    session.add(station)
+
+
+def record_firmware_status(session: Session, *, station_id: str, status: str) -> None:
+    station = get_station(session, station_id=station_id)
+    station.firmware_status = status
+    session.add(station)
+
+
+def record_diagnostics_status(session: Session, *, station_id: str, status: str) -> None:
+    station = get_station(session, station_id=station_id)
+    station.diagnostics_status = status
+    session.add(station)
+
+
+def record_status(
+    session: Session,
+    *,
+    station_id: str,
+    connector_id: int,
+    status: str,
+    error_code: str,
+    timestamp: datetime,
+    info: str | None = None,
+    vendor_id: str | None = None,
+    vendor_error_code: str | None = None,
+) -> tuple[bool, bool]:
+    """Keep a StatusNotification in the history and, unless it is older, as the live state.
+
+    Returns ``(new, current)``: whether it was not seen before, and whether it is now the
+    connector's live status (a message queued offline may arrive after a newer one).
+    """
+    row = dict(
+        station_id=station_id,
+        connector_id=connector_id,
+        status=status,
+        error_code=error_code,
+        info=info,
+        vendor_id=vendor_id,
+        vendor_error_code=vendor_error_code,
+        timestamp=timestamp,
+    )
+    if not insert_ignore(session, StatusEvent, [row])[0]:
+        return False, False
+    live = session.get(Connector, (station_id, connector_id))
+    if live is not None and live.status_at > timestamp:
+        return True, False
+    if live is None:
+        live = Connector(station_id=station_id, connector_id=connector_id, status=status,
+                         status_at=timestamp)
+    live.status, live.error_code, live.info = status, error_code, info
+    live.vendor_id, live.vendor_error_code, live.status_at = vendor_id, vendor_error_code, timestamp
+    session.add(live)
+    return True, True
+
+
+def status_history(
+    session: Session, *, station_id: str, limit: int = 100
+) -> Sequence[StatusEvent]:
+    return session.exec(
+        select(StatusEvent)
+        .where(StatusEvent.station_id == station_id)
+        .order_by(col(StatusEvent.timestamp).desc(), col(StatusEvent.id).desc())
+        .limit(limit)
+    ).all()
+
+
+# ---------------------------------------------------------------- id tags and authorization
+
+
+@dataclass(frozen=True)
+class IdTagInfo:
+    status: str
+    expiry_date: datetime | None = None
+    parent_id_tag: str | None = None
+
+
+# A hook other packages register to refuse an otherwise valid tag (a driver without funds,
+# say). It returns an OCPP AuthorizationStatus to refuse, or None to let the tag through.
+AuthorizationHook = Callable[[Session, str, str], str | None]
+
+
+def create_id_tag(
+    session: Session,
+    *,
+    id_tag: str,
+    parent_id_tag: str | None = None,
+    expiry_date: datetime | None = None,
+    note: str | None = None,
+) -> IdTag:
+    if session.get(IdTag, id_tag) is not None:
+        raise Conflict(f"id tag {id_tag} already exists")
+    if parent_id_tag is not None and session.get(IdTag, parent_id_tag) is None:
+        raise NotFound(f"no parent id tag {parent_id_tag}")
+    tag = IdTag(id_tag=id_tag, parent_id_tag=parent_id_tag, expiry_date=expiry_date, note=note)
+    session.add(tag)
+    session.flush()
+    return tag
+
+
+def update_id_tag(
+    session: Session,
+    *,
+    id_tag: str,
+    status: IdTagStatus | None = None,
+    expiry_date: datetime | None = None,
+    parent_id_tag: str | None = None,
+) -> IdTag:
+    tag = session.get(IdTag, id_tag)
+    if tag is None:
+        raise NotFound(f"no id tag {id_tag}")
+    if status is not None:
+        tag.status = status
+    if expiry_date is not None:
+        tag.expiry_date = expiry_date
+    if parent_id_tag is not None:
+        if session.get(IdTag, parent_id_tag) is None:
+            raise NotFound(f"no parent id tag {parent_id_tag}")
+        tag.parent_id_tag = parent_id_tag
+    session.add(tag)
+    return tag
+
+
+def list_id_tags(session: Session) -> Sequence[IdTag]:
+    return session.exec(select(IdTag).order_by(IdTag.id_tag)).all()
+
+
+def authorize(
+    session: Session,
+    *,
+    station_id: str,
+    id_tag: str,
+    hooks: Sequence[AuthorizationHook] = (),
+    exclude_transaction: int | None = None,
+) -> IdTagInfo:
+    """Answer an Authorize: our id-tag registry first, then every hook may refuse."""
+    tag = session.get(IdTag, id_tag)
+    if tag is None:
+        return IdTagInfo(IdTagStatus.invalid)
+    info = IdTagInfo(tag.status, tag.expiry_date, tag.parent_id_tag)
+    if tag.status != IdTagStatus.accepted:
+        return info
+    if tag.expiry_date is not None and tag.expiry_date <= utcnow():
+        return IdTagInfo(IdTagStatus.expired, tag.expiry_date, tag.parent_id_tag)
+    active = select(func.count()).select_from(Transaction).where(
+        Transaction.id_tag == id_tag, col(Transaction.stop_timestamp).is_(None)
+    )
+    if exclude_transaction is not None:
+        active = active.where(Transaction.id != exclude_transaction)
+    if session.exec(active).one():
+        return IdTagInfo("ConcurrentTx", tag.expiry_date, tag.parent_id_tag)
+    for hook in hooks:
+        refusal = hook(session, station_id, id_tag)
+        if refusal is not None:
+            return IdTagInfo(refusal, tag.expiry_date, tag.parent_id_tag)
+    return info
+
+
+# ---------------------------------------------------------------- transactions
+
+
+def start_transaction(
+    session: Session,
+    *,
+    station_id: str,
+    connector_id: int,
+    id_tag: str,
+    meter_start_wh: int,
+    timestamp: datetime,
+    reservation_id: int | None = None,
+    hooks: Sequence[AuthorizationHook] = (),
+) -> tuple[Transaction, IdTagInfo, bool]:
+    """Record a StartTransaction; a repeat of the same start returns the first transaction.
+
+    Returns ``(transaction, id_tag_info, created)``. The transaction is recorded whatever
+    the tag's status: the station has started, and the status tells it whether to stop.
+    """
+    existing = session.exec(
+        select(Transaction).where(
+            Transaction.station_id == station_id,
+            Transaction.connector_id == connector_id,
+            Transaction.id_tag == id_tag,
+            Transaction.start_timestamp == timestamp,
+        )
+    ).first()
+    if existing is not None:
+        return existing, IdTagInfo(existing.id_tag_status), False
+    info = authorize(session, station_id=station_id, id_tag=id_tag, hooks=hooks)
+    tx = Transaction(
+        station_id=station_id,
+        connector_id=connector_id,
+        id_tag=id_tag,
+        id_tag_status=info.status,
+        meter_start_wh=meter_start_wh,
+        start_timestamp=timestamp,
+        reservation_id=reservation_id,
+    )
+    session.add(tx)
+    session.flush()
+    return tx, info, True
+
+
+def stop_transaction(
+    session: Session,
+    *,
+    station_id: str,
+    transaction_id: int,
+    meter_stop_wh: int,
+    timestamp: datetime,
+    reason: str | None = None,
+    id_tag: str | None = None,
+    payload: dict[str, Any] | None = None,
+) -> tuple[Transaction | None, bool]:
+    """Record a StopTransaction. Returns ``(transaction, newly_stopped)``.
+
+    A repeated stop changes nothing; a stop for a transaction we do not know is kept in
+    ``unknown_stop`` for investigation and returns ``(None, False)``.
+    """
+    tx = session.get(Transaction, transaction_id)
+    if tx is None or tx.station_id != station_id:
+        session.add(
+            UnknownStop(
+                station_id=station_id,
+                transaction_id=transaction_id,
+                id_tag=id_tag,
+                meter_stop_wh=meter_stop_wh,
+                timestamp=timestamp,
+                reason=reason,
+                payload=payload or {},
+            )
+        )
+        return None, False
+    if tx.stop_timestamp is not None:
+        return tx, False
+    tx.meter_stop_wh = meter_stop_wh
+    tx.stop_timestamp = timestamp
+    tx.stop_reason = reason
+    tx.stop_id_tag = id_tag
+    session.add(tx)
+    return tx, True
+
+
+def get_transaction(session: Session, *, transaction_id: int) -> Transaction:
+    tx = session.get(Transaction, transaction_id)
+    if tx is None:
+        raise NotFound(f"no transaction {transaction_id}")
+    return tx
+
+
+def list_transactions(
+    session: Session, *, station_id: str | None = None, active: bool | None = None,
+    limit: int = 100,
+) -> Sequence[Transaction]:
+    query = select(Transaction)
+    if station_id is not None:
+        query = query.where(Transaction.station_id == station_id)
+    if active is not None:
+        stop = col(Transaction.stop_timestamp)
+        query = query.where(stop.is_(None) if active else stop.is_not(None))
+    return session.exec(query.order_by(col(Transaction.id).desc()).limit(limit)).all()
+
+
+def active_transaction(
+    session: Session, *, station_id: str, connector_id: int
+) -> Transaction | None:
+    return session.exec(
+        select(Transaction)
+        .where(
+            Transaction.station_id == station_id,
+            Transaction.connector_id == connector_id,
+            col(Transaction.stop_timestamp).is_(None),
+        )
+        .order_by(col(Transaction.id).desc())
+    ).first()
+
+
+def list_unknown_stops(session: Session, *, station_id: str | None = None) -> Sequence[UnknownStop]:
+    query = select(UnknownStop)
+    if station_id is not None:
+        query = query.where(UnknownStop.station_id == station_id)
+    return session.exec(query.order_by(col(UnknownStop.id))).all()
+
+
+# ---------------------------------------------------------------- meter values
+
+# OCPP 1.6 units with a multiple of a base unit; everything is stored in the base unit.
+_SCALED_UNITS = {"kWh": ("Wh", 1000), "kvarh": ("varh", 1000), "kW": ("W", 1000),
+                 "kVA": ("VA", 1000), "kvar": ("var", 1000)}
+
+
+def normalise_sample(sampled: dict[str, Any]) -> dict[str, Any]:
+    """One SampledValue (camelCase, as on the wire) with the spec's defaults applied."""
+    measurand = sampled.get("measurand", "Energy.Active.Import.Register")
+    unit = sampled.get("unit") or _default_unit(measurand)
+    fmt = sampled.get("format", "Raw")
+    raw = sampled["value"]
+    value: Decimal | None = None
+    if fmt == "Raw":
+        try:
+            value = Decimal(raw)
+        except InvalidOperation:
+            value = None
+        else:
+            if not value.is_finite():
+                value = None
+    if unit in _SCALED_UNITS:
+        unit, factor = _SCALED_UNITS[unit]
+        value = value * factor if value is not None else None
+    return {
+        "measurand": measurand,
+        "phase": sampled.get("phase", ""),
+        "location": sampled.get("location", "Outlet"),
+        "context": sampled.get("context", "Sample.Periodic"),
+        "unit": unit,
+        "value": value,
+        "raw_value": raw,
+        "format": fmt,
+    }
+
+
+def _default_unit(measurand: str) -> str:
+    if measurand.startswith("Energy.Reactive"):
+        return "varh"
+    if measurand.startswith("Energy"):
+        return "Wh"
+    if measurand.startswith("Power.Reactive"):
+        return "var"
+    if measurand.startswith("Power.Factor"):
+        return ""
+    if measurand.startswith("Power"):
+        return "W"
+    if measurand.startswith("Current"):
+        return "A"
+    if measurand == "Voltage":
+        return "V"
+    if measurand in ("SoC", "RPM"):
+        return "Percent" if measurand == "SoC" else ""
+    if measurand == "Temperature":
+        return "Celsius"
+    return ""
+
+
+def record_meter_values(
+    session: Session,
+    *,
+    station_id: str,
+    connector_id: int,
+    transaction_id: int | None,
+    meter_values: list[tuple[datetime, list[dict[str, Any]]]],
+) -> list[dict[str, Any]]:
+    """Store sampled values; returns the samples that were new (repeats are ignored)."""
+    rows = [
+        {
+            "station_id": station_id,
+            "connector_id": connector_id,
+            "transaction_id": transaction_id,
+            "timestamp": timestamp,
+            **normalise_sample(sampled),
+        }
+        for timestamp, samples in meter_values
+        for sampled in samples
+    ]
+    if not rows:
+        return []
+    inserted = insert_ignore(session, MeterSample, rows)
+    return [row for row, new in zip(rows, inserted, strict=True) if new]
+
+
+def list_meter_samples(
+    session: Session,
+    *,
+    station_id: str | None = None,
+    transaction_id: int | None = None,
+    measurand: str | None = None,
+    limit: int = 1000,
+) -> Sequence[MeterSample]:
+    query = select(MeterSample)
+    if station_id is not None:
+        query = query.where(MeterSample.station_id == station_id)
+    if transaction_id is not None:
+        query = query.where(MeterSample.transaction_id == transaction_id)
+    if measurand is not None:
+        query = query.where(MeterSample.measurand == measurand)
+    return session.exec(
+        query.order_by(col(MeterSample.timestamp), col(MeterSample.id)).limit(limit)
+    ).all()
+
+
+def insert_ignore(
+    session: Session, model: type[SQLModel], rows: list[dict[str, Any]]
+) -> list[bool]:
+    """Insert rows, skipping those that break a unique constraint.
+
+    Returns per row whether it was inserted.
+    """
+    dialect = session.get_bind().dialect.name
+    insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[dialect]
+    table = model.__table__  # type: ignore[attr-defined]
+    inserted = []
+    for row in rows:
+        stmt = insert(table).values(**row).on_conflict_do_nothing().returning(table.c.id)
+        inserted.append(session.execute(stmt).first() is not None)
+    return inserted
+
+
+# ---------------------------------------------------------------- command audit
+
+
+def log_command(
+    session: Session,
+    *,
+    station_id: str,
+    action: str,
+    payload: dict[str, Any],
+    requested_by: str,
+    reason: str | None,
+    outcome: CommandOutcome,
+    response: dict[str, Any] | None,
+    error: str | None,
+    requested_at: datetime,
+    latency_ms: float | None,
+) -> CommandLog:
+    row = CommandLog(
+        station_id=station_id,
+        action=action,
+        payload=payload,
+        requested_by=requested_by,
+        reason=reason,
+        outcome=outcome,
+        response=response,
+        error=error[:1000] if error else None,
+        requested_at=requested_at,
+        latency_ms=latency_ms,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def list_commands(
+    session: Session, *, station_id: str, limit: int = 100
+) -> Sequence[CommandLog]:
+    return session.exec(
+        select(CommandLog)
+        .where(CommandLog.station_id == station_id)
+        .order_by(col(CommandLog.id).desc())
+        .limit(limit)
+    ).all()
