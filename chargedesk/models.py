@@ -5,10 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import String
 from sqlmodel import Field, SQLModel
 
-from chargedesk.types import UTCDateTime, utcnow
+from chargedesk.types import EnumText, UTCDateTime, utcnow
 
 
 class Role(StrEnum):
@@ -21,7 +20,7 @@ class ApiKey(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=100)
-    role: Role = Field(sa_type=String(20))
+    role: Role = Field(sa_type=EnumText(Role))
     # The key's first characters, to tell keys apart in listings; never enough to use it.
     prefix: str = Field(max_length=16, index=True)
     key_hash: str = Field(max_length=64, unique=True)

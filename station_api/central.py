@@ -27,7 +27,6 @@ from ocpp.charge_point import (
     snake_to_camel_case,
 )
 from ocpp.exceptions import OCPPError
-from ocpp.messages import Call, validate_payload
 from ocpp.v16 import call as ocpp_call
 from sqlalchemy import Engine
 
@@ -39,7 +38,7 @@ from chargedesk.settings import Settings
 from station_api import service
 from station_api.events import StationOffline, StationOnline
 from station_api.models import CommandOutcome
-from station_api.ocpp16 import StationConnection
+from station_api.ocpp16 import StationConnection, check_payload
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -247,7 +246,7 @@ async def _build_request(action: str, payload: dict[str, Any]) -> Any:
     if action not in COMMANDS:
         raise InvalidCommand(f"{action} is not an OCPP 1.6 command; one of {sorted(COMMANDS)}")
     try:
-        await validate_payload(Call("check", action, dict(payload)), "1.6")
+        check_payload(action, payload)
     except OCPPError as exc:
         raise InvalidCommand(f"{exc.code}: {exc.details.get('cause', exc.description)}") from exc
     try:

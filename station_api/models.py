@@ -7,10 +7,10 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, Numeric, String, UniqueConstraint
+from sqlalchemy import JSON, Column, Numeric, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from chargedesk.types import UTCDateTime, utcnow
+from chargedesk.types import EnumText, UTCDateTime, utcnow
 
 
 class Registration(StrEnum):
@@ -24,7 +24,9 @@ class Station(SQLModel, table=True):
     __tablename__ = "station"
 
     id: str = Field(primary_key=True, max_length=48, description="OCPP charge point identity")
-    registration: Registration = Field(default=Registration.accepted, sa_type=String(20))
+    registration: Registration = Field(
+        default=Registration.accepted, sa_type=EnumText(Registration)
+    )
     password_hash: str | None = Field(default=None, max_length=200)
     vendor: str | None = Field(default=None, max_length=20)
     model: str | None = Field(default=None, max_length=20)
@@ -92,7 +94,7 @@ class IdTag(SQLModel, table=True):
     __tablename__ = "id_tag"
 
     id_tag: str = Field(primary_key=True, max_length=20)
-    status: IdTagStatus = Field(default=IdTagStatus.accepted, sa_type=String(20))
+    status: IdTagStatus = Field(default=IdTagStatus.accepted, sa_type=EnumText(IdTagStatus))
     expiry_date: datetime | None = Field(default=None, sa_type=UTCDateTime)
     parent_id_tag: str | None = Field(default=None, max_length=20)
     note: str | None = Field(default=None, max_length=200)
@@ -195,7 +197,7 @@ class CommandLog(SQLModel, table=True):
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     requested_by: str = Field(max_length=120)
     reason: str | None = Field(default=None, max_length=500)
-    outcome: CommandOutcome = Field(sa_type=String(20))
+    outcome: CommandOutcome = Field(sa_type=EnumText(CommandOutcome))
     response: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     error: str | None = Field(default=None, max_length=1000)
     requested_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)

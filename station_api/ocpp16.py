@@ -7,6 +7,7 @@ in :mod:`station_api.service` through the :class:`~station_api.central.CentralSy
 from __future__ import annotations
 
 import asyncio
+import decimal
 import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -133,8 +134,22 @@ def validate_call(call: Call) -> None:
         raise NotSupportedError(
             details={"cause": f"{call.action} is not sent by a charge point"}
         )
+    check_payload(call.action, call.payload)
+
+
+# Schemas whose numbers carry one decimal: validated with Decimal, as 21.4 is no float.
+_DECIMAL_SCHEMAS = {"SetChargingProfile", "RemoteStartTransaction"}
+
+
+def check_payload(action: str, payload: dict[str, Any]) -> None:
+    """Validate a 1.6 request payload against its JSON schema, raising the OCPP error."""
+    if action in _DECIMAL_SCHEMAS:
+        validator = get_validator(MessageType.Call, action, "1.6", parse_float=decimal.Decimal)
+        payload = json.loads(json.dumps(payload), parse_float=decimal.Decimal)
+    else:
+        validator = get_validator(MessageType.Call, action, "1.6")
     try:
-        get_validator(MessageType.Call, call.action, "1.6").validate(call.payload)
+        validator.validate(payload)
     except SchemaValidationError as error:
         code = _SCHEMA_ERRORS.get(str(error.validator), FormationViolationError)
         where = "/".join(str(p) for p in error.absolute_path) or "payload"

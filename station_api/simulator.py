@@ -723,8 +723,9 @@ class SimulatedStation:
         online = asyncio.create_task(self._online())
         try:
             done, _ = await asyncio.wait({reader, online}, return_when=asyncio.FIRST_COMPLETED)
-            if online in done and online.exception() is not None:
-                log.warning("%s: %r", self.station_id, online.exception())
+            failure = online.exception() if online in done else None
+            if failure is not None and not isinstance(failure, NotConnected):
+                log.warning("%s: %r", self.station_id, failure)
         finally:
             self.connected.clear()
             self.booted.clear()

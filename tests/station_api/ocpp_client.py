@@ -46,7 +46,7 @@ class ScriptedStation(ChargePoint):
         return call_result.TriggerMessage(status="Accepted")
 
     @on(Action.reset)
-    def on_reset(self, type: str) -> call_result.Reset:  # noqa: A002 - OCPP field name
+    def on_reset(self, type: str) -> call_result.Reset:
         self.received.append(("Reset", {"type": type}))
         return call_result.Reset(status="Accepted")
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import httpx
 import pytest
 from ocpp.exceptions import SecurityError
 from ocpp.v16 import call
@@ -16,6 +17,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from chargedesk.db import session_scope
+from chargedesk.models import Role
 from station_api import service
 from station_api.events import (
     MeterValuesReceived,
@@ -34,7 +36,7 @@ from station_api.models import (
     Transaction,
     UnknownStop,
 )
-from tests.conftest import start_server
+from tests.conftest import make_key, start_server
 from tests.station_api.ocpp_client import PASSWORD, basic_auth, station
 
 
@@ -111,10 +113,6 @@ async def test_auto_registered_stations_stay_pending_until_approved(settings, en
             with pytest.raises(SecurityError):
                 await cp.call(call.StartTransaction(connector_id=1, id_tag="X", meter_start=0,
                                                     timestamp=ts()), suppress=False)
-            from tests.conftest import make_key
-            from chargedesk.models import Role
-            import httpx
-
             key = make_key(engine, Role.operator)
             async with httpx.AsyncClient(base_url=live.base_url,
                                          headers={"Authorization": f"Bearer {key}"}) as api:
