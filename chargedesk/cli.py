@@ -270,6 +270,27 @@ def simulate(
     typer.echo(json.dumps(totals, default=str))
 
 
+@bench_app.command("ocpp")
+def bench_ocpp(
+    stations: Annotated[int, typer.Option(min=1, help="Simulated stations")] = 1000,
+    duration: Annotated[float, typer.Option(min=1, help="Seconds of steady load")] = 60,
+    command_rate: Annotated[float, typer.Option(help="Remote commands per second")] = 20,
+    find_limit: Annotated[bool, typer.Option(
+        help="Also ramp the station count to find where command p99 passes 1 s")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+) -> None:
+    """Load the central system with simulated stations and commands, against a bare baseline."""
+    from chargedesk.bench.ocpp import run
+
+    figures = run(stations=stations, duration=duration, command_rate=command_rate,
+                  find_limit=find_limit, progress=None if as_json else _progress)
+    typer.echo(json.dumps(figures, indent=None if as_json else 2, default=str))
+
+
+def _progress(text: str) -> None:
+    typer.echo(text, err=True)
+
+
 def main() -> None:  # pragma: no cover - console entry
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(app())

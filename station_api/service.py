@@ -57,6 +57,8 @@ def register_station(
     """Register a station; its password (OCPP security profile 1) is stored hashed."""
     if session.get(Station, station_id) is not None:
         raise Conflict(f"station {station_id} already exists")
+    if password is not None:
+        check_password_rules(password)
     station = Station(
         id=station_id,
         registration=registration,
@@ -67,7 +69,14 @@ def register_station(
     return station
 
 
+def check_password_rules(password: str) -> None:
+    """OCPP security profile 1 passwords (AuthorizationKey) are 16 to 40 characters."""
+    if not 16 <= len(password) <= 40:
+        raise StationError("a station password must be 16 to 40 characters long")
+
+
 def set_station_password(session: Session, *, station_id: str, password: str) -> Station:
+    check_password_rules(password)
     station = get_station(session, station_id=station_id)
     station.password_hash = hash_password(password)
     session.add(station)
@@ -138,6 +147,8 @@ def check_handshake(
     if station is None:
         if not auto_register:
             return HandshakeVerdict(False, 404, "unknown charge point")
+        if password is None or not 16 <= len(password) <= 40:
+            return HandshakeVerdict(False, 401, "a password of 16 to 40 characters is required")
         register_station(
             session, station_id=station_id, password=password, registration=Registration.pending
         )

@@ -298,6 +298,8 @@ def _call(fn: Any, session: Any, **kwargs: Any) -> Any:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
     except service.Conflict as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    except service.StationError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
 
 
 async def _acall(cs: CentralSystem, fn: Any, **kwargs: Any) -> Any:
@@ -307,3 +309,5 @@ async def _acall(cs: CentralSystem, fn: Any, **kwargs: Any) -> Any:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
     except service.Conflict as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    except service.StationError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc

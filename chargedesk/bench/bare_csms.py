@@ -147,6 +147,7 @@ class BareCentralSystem:
 
     def note(self, station_id: str, action: str, payload: dict[str, Any]) -> None:
         """Count a received CALL and, when recording, keep it."""
+        action = str(action)
         self.counts[action] = self.counts.get(action, 0) + 1
         if self.record:
             self.received.append(Received(station_id, action, payload, datetime.now(UTC)))
