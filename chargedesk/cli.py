@@ -74,7 +74,6 @@ def _demo_job(host: str, port: int):  # type: ignore[no-untyped-def]
     demo = demo_network.load_demo()
 
     async def run(runtime: Any) -> None:
-        from station_api.simulator import run_demo_stations
 
         def prepare(session: Any) -> str:
             demo_network.seed(session, demo)
@@ -91,7 +90,7 @@ def _demo_job(host: str, port: int):  # type: ignore[no-untyped-def]
             fg=typer.colors.GREEN, err=True,
         )
         await asyncio.sleep(0.5)  # let uvicorn bind before the stations dial in
-        await run_demo_stations(
+        await demo_network.run_demo_stations(
             f"ws://{host}:{port}/ocpp", demo["stations"],
             id_tags=[t["id_tag"] for t in demo["id_tags"] if not t.get("status")],
         )
@@ -255,19 +254,29 @@ def simulate(
     duration: Annotated[float | None, typer.Option(help="Seconds; default until Ctrl-C")] = None,
 ) -> None:
     """Run simulated OCPP 1.6J charge points against a central system."""
-    from station_api.simulator import run_simulation
+    from dataclasses import asdict
 
-    def progress(text: str) -> None:
-        typer.echo(text, err=True)
+    from station_api.simulator import SimulationResult, run_simulation
 
-    try:
-        totals = asyncio.run(run_simulation(
+    def progress(state: SimulationResult) -> None:
+        c = state.counters
+        typer.echo(f"{state.elapsed:6.0f} s  connected {state.connected}/{state.stations}  "
+                   f"booted {state.booted}  calls {c.calls_sent}  errors {c.errors_received}  "
+                   f"commands answered {c.commands_answered}", err=True)
+
+    stop = asyncio.Event()
+
+    async def main() -> SimulationResult:
+        import signal
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
+        return await run_simulation(
             url, stations=stations, connectors=connectors, password=password,
-            id_prefix=id_prefix, duration=duration, progress=progress,
-        ))
-    except KeyboardInterrupt:
-        return
-    typer.echo(json.dumps(totals, default=str))
+            id_prefix=id_prefix, duration=duration, progress=progress, stop=stop,
+            progress_interval=5,
+        )
+
+    typer.echo(json.dumps(asdict(asyncio.run(main()))))
 
 
 @bench_app.command("ocpp")

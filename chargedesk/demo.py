@@ -51,3 +51,16 @@ def fresh_demo_key(session: Session) -> str:
             session.add(old)
     _, key = create_api_key(session, name=DEMO_KEY_NAME, role=Role.operator)
     return key
+
+
+async def run_demo_stations(url: str, stations: list[dict[str, Any]], id_tags: list[str]) -> None:
+    """Simulated stations for the demo network: they boot and drivers come and go."""
+    from station_api.simulator import SimulatedStation, run_fleet
+
+    fleet = [
+        SimulatedStation(entry["id"], url, password=entry["password"],
+                         connectors=entry.get("connectors", 2), meter_interval=30, seed=n)
+        for n, entry in enumerate(stations)
+    ]
+    await run_fleet(fleet, id_tags=id_tags, session_seconds=(300, 1800),
+                    idle_seconds=(10, 120), connect_rate=5)

@@ -1304,25 +1304,14 @@ async def run_simulation(
     connectors: int = 2,
     password: str | None = None,
     id_prefix: str = "SIM",
-    duration: float | None = None,
-    sessions: bool = True,
     meter_interval: float = 60.0,
     heartbeat_interval: float | None = None,
-    progress: Callable[[SimulationResult], None] | None = None,
-    id_tags: Sequence[str] = ("04A2B3C4D5E6F7", "04E1F2A3B4C5D6", "0455AA66BB77CC"),
-    connect_rate: float = 200.0,
-    session_seconds: tuple[float, float] = (120.0, 900.0),
-    idle_seconds: tuple[float, float] = (30.0, 600.0),
     seed: int = 0,
-    stop: asyncio.Event | None = None,
-    progress_interval: float = 1.0,
+    **fleet_options: Any,
 ) -> SimulationResult:
-    """Run `stations` simulated stations against `url` until `duration` or `stop` ends it.
+    """Run `stations` identical simulated stations (PREFIX0001 …) against `url`.
 
-    Stations connect at `connect_rate` per second so a thousand do not stampede the server;
-    each one's tasks sleep between events, so nothing spins. If the run is cancelled the
-    stations are shut down and the cancellation propagates; set `stop` to end early and
-    still get the result.
+    Takes the options of :func:`run_fleet` (duration, sessions, progress, id_tags, …).
     """
     rng = random.Random(seed)
     fleet = [
@@ -1337,6 +1326,31 @@ async def run_simulation(
         )
         for n in range(1, stations + 1)
     ]
+    return await run_fleet(fleet, seed=rng.randrange(2**32), **fleet_options)
+
+
+async def run_fleet(
+    fleet: Sequence[SimulatedStation],
+    *,
+    duration: float | None = None,
+    sessions: bool = True,
+    progress: Callable[[SimulationResult], None] | None = None,
+    id_tags: Sequence[str] = ("04A2B3C4D5E6F7", "04E1F2A3B4C5D6", "0455AA66BB77CC"),
+    connect_rate: float = 200.0,
+    session_seconds: tuple[float, float] = (120.0, 900.0),
+    idle_seconds: tuple[float, float] = (30.0, 600.0),
+    seed: int = 0,
+    stop: asyncio.Event | None = None,
+    progress_interval: float = 1.0,
+) -> SimulationResult:
+    """Run the given stations until `duration` or `stop` ends it, with random sessions.
+
+    Stations connect at `connect_rate` per second so a thousand do not stampede the server;
+    each one's tasks sleep between events, so nothing spins. If the run is cancelled the
+    stations are shut down and the cancellation propagates; set `stop` to end early and
+    still get the result.
+    """
+    rng = random.Random(seed)
     started = time.monotonic()
     tasks: list[asyncio.Task[Any]] = []
 

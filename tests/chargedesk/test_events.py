@@ -60,5 +60,5 @@ def test_events_cross_a_process_boundary_as_topic_and_json() -> None:
 
 def test_two_event_types_cannot_share_a_topic() -> None:
     with pytest.raises(TypeError):
-        class Impostor(Event):  # noqa: F841 - defining it is the test
+        class Impostor(Event):
             topic = "station.online"
