@@ -11,10 +11,12 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import structlog
@@ -274,11 +276,22 @@ async def _exchange(
         result = call.result()
     except OCPPError as exc:
         return CommandOutcome.error, None, f"{exc.code}: {exc.description} {exc.details or ''}"
-    response = snake_to_camel_case(remove_nones(serialize_as_dict(result)))
+    # The ocpp library parses charging schedules with Decimal (one-decimal schema fields);
+    # our answer and audit log are JSON, where those are plain numbers.
+    response = json.loads(
+        json.dumps(snake_to_camel_case(remove_nones(serialize_as_dict(result))),
+                   default=_json_number)
+    )
     status = response.get("status")
     if status is None or status in _ACCEPTING:
         return CommandOutcome.accepted, response, None
     return CommandOutcome.rejected, response, f"station answered {status}"
+
+
+def _json_number(value: Any) -> int | float:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _basic_password(websocket: WebSocket, station_id: str) -> str | None:
