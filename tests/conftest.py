@@ -28,21 +28,29 @@ IN_CI = os.environ.get("CI") == "true"
 
 
 @pytest.fixture(scope="session")
-def _postgres_schema() -> str:
-    """Migrate the PostgreSQL test database once per run, from an empty schema."""
+def _postgres_schema() -> Iterator[str]:
+    """A schema of this test run's own in the PostgreSQL test database, migrated once.
+
+    Its own schema keeps concurrent runs on one server (two checkouts, a benchmark) apart.
+    """
+    schema = f"chargedesk_test_{os.getpid()}"
+    admin = create_engine(normalise_url(POSTGRES_URL))
     try:
-        engine = create_engine(normalise_url(POSTGRES_URL))
-        with engine.begin() as conn:
-            conn.execute(text("DROP SCHEMA public CASCADE"))
-            conn.execute(text("CREATE SCHEMA public"))
-        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            conn.execute(text(f"CREATE SCHEMA {schema}"))
     except Exception as exc:  # any failure to reach the server
         message = f"PostgreSQL unreachable at {POSTGRES_URL}: {exc}"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
-    upgrade(POSTGRES_URL)
-    return POSTGRES_URL
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    url = f"{POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
+    upgrade(url)
+    yield url
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+    admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
