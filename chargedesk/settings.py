@@ -18,7 +18,8 @@ class Settings(BaseSettings):
     database_url: str = ""
 
     log_level: str = "INFO"
-    log_format: Literal["json", "console"] = "json"
+    # auto: key=value lines on a terminal, JSON lines otherwise (containers, files).
+    log_format: Literal["auto", "json", "console"] = "auto"
 
     # OCPP central system.
     heartbeat_interval: int = Field(300, ge=1, description="Seconds, sent in BootNotification")

@@ -1,0 +1,49 @@
+"""`chargedesk bench ocpp` at toy scale: real server, real station processes, both systems."""
+
+from __future__ import annotations
+
+from chargedesk.bench import ocpp
+
+
+def test_a_small_benchmark_accounts_for_every_message_on_both_systems() -> None:
+    lines: list[str] = []
+
+    figures = ocpp.run(stations=5, duration=5, command_rate=10, find_limit=False,
+                       progress=lines.append)
+
+    for system in ("chargedesk", "bare"):
+        result = figures[system]
+        assert result["stations_connected"] == 5, system
+        assert result["stations_charging"] == 5, system
+        assert result["commands_sent"] == 50, system
+        assert result["commands_ok"] > 0, system
+        assert result["commands_answered_by_stations"] == result["commands_ok"], system
+        assert 0 < result["command_p50_ms"] <= result["command_p99_ms"] < 1000, system
+        assert result["messages_per_s"] > 0, system
+        assert result["cpu_percent"] > 0 and result["rss_mb"] > 10, system
+        assert result["messages_sent"] == result["server_received"], system
+        assert result["results_received"] + result["call_errors"] == result["messages_sent"]
+        assert result["lost"] == 0, system
+    assert figures["ratio"]["command_p99_ms"] is not None
+    assert any("ramp-up" in line or "connected" in line for line in lines)
+
+
+def test_prometheus_counters_are_summed_over_their_labels() -> None:
+    text = (
+        "# TYPE chargedesk_ocpp_messages_total counter\n"
+        'chargedesk_ocpp_messages_total{action="Heartbeat"} 12.0\n'
+        'chargedesk_ocpp_messages_total{action="MeterValues"} 30.0\n'
+        'chargedesk_ocpp_messages_created{action="Heartbeat"} 1.7e9\n'
+        "chargedesk_stations_connected 5.0\n"
+    )
+
+    assert ocpp.metric_sum(text, "chargedesk_ocpp_messages_total") == 42
+    assert ocpp.metric_sum(text, "chargedesk_stations_connected") == 5
+
+
+def test_percentiles_use_the_same_method_as_the_bare_baseline() -> None:
+    values = [float(n) for n in range(1, 101)]
+
+    assert ocpp.percentile(values, 50) == 50.5
+    assert ocpp.percentile(values, 99) == 99.01
+    assert ocpp.percentile([], 99) is None
