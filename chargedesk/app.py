@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import Engine, text
 
 from chargedesk.auth import OperatorUser
-from chargedesk.db import make_engine
+from chargedesk.db import dispose, make_engine
 from chargedesk.events import InMemoryEventBus
 from chargedesk.logging import configure_logging
 from chargedesk.settings import Settings, get_settings
@@ -59,7 +59,7 @@ def create_app(
                 with suppress(asyncio.CancelledError):
                     await task
             await runtime.bus.join()
-            runtime.engine.dispose()
+            dispose(runtime.engine)
 
     app = FastAPI(
         title="ChargeDesk",

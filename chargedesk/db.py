@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-import anyio.to_thread
 from sqlalchemy import Engine, event
 from sqlmodel import Session, create_engine
 
@@ -54,14 +56,39 @@ def session_scope(engine: Engine) -> Iterator[Session]:
             raise
 
 
+_executors: weakref.WeakKeyDictionary[Engine, ThreadPoolExecutor] = weakref.WeakKeyDictionary()
+
+
+def _executor(engine: Engine) -> ThreadPoolExecutor:
+    executor = _executors.get(engine)
+    if executor is None:
+        # SQLite has a single writer: more threads would only queue in its busy handler,
+        # which sleeps and so turns contention into tail latency. PostgreSQL gets a few.
+        workers = 1 if engine.dialect.name == "sqlite" else 8
+        executor = _executors[engine] = ThreadPoolExecutor(workers, thread_name_prefix="db")
+    return executor
+
+
 async def run_in_session(engine: Engine, fn: Callable[..., T], /, **kwargs: Any) -> T:
-    """Run a synchronous service function in a worker thread inside one transaction."""
+    """Run a synchronous service function off the event loop, inside one transaction.
+
+    The work goes to the engine's own small thread pool, so database work from the OCPP
+    handlers never starves the threads that serve HTTP requests.
+    """
 
     def work() -> T:
         with session_scope(engine) as session:
             return fn(session, **kwargs)
 
-    return await anyio.to_thread.run_sync(work)
+    return await asyncio.get_running_loop().run_in_executor(_executor(engine), work)
+
+
+def dispose(engine: Engine) -> None:
+    """Close the engine's connections and its worker threads."""
+    executor = _executors.pop(engine, None)
+    if executor is not None:
+        executor.shutdown(wait=True)
+    engine.dispose()
 
 
 def upgrade(url: str, revision: str = "head") -> None:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -35,11 +36,11 @@ from sqlalchemy import Engine
 from chargedesk import metrics
 from chargedesk.db import run_in_session
 from chargedesk.events import EventBus
-from chargedesk.security import verify_password
+from chargedesk.security import hash_password, verify_password
 from chargedesk.settings import Settings
 from station_api import service
 from station_api.events import StationOffline, StationOnline
-from station_api.models import CommandOutcome
+from station_api.models import CommandOutcome, Registration
 from station_api.ocpp16 import StationConnection, check_payload
 
 log = structlog.get_logger(__name__)
@@ -60,6 +61,9 @@ COMMANDS = frozenset({
 _ACCEPTING = {"Accepted", "Unlocked", "Scheduled", "RebootRequired"}
 
 DataTransferHandler = Callable[[str, str | None, str | None], Awaitable[tuple[str, str | None]]]
+
+
+_PASSWORD_POOL = ThreadPoolExecutor(2, thread_name_prefix="password")
 
 
 class InvalidCommand(ValueError):
@@ -105,6 +109,7 @@ class CentralSystem:
         # station -> (stored hash, sha256 of the password last verified against it), so a
         # reconnect storm does not cost one scrypt per station each time.
         self._verified: dict[str, tuple[str, bytes]] = {}
+        self._heartbeats: dict[str, datetime] = {}
 
     async def db(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
         return await run_in_session(self.engine, fn, **kwargs)
@@ -123,17 +128,15 @@ class CentralSystem:
             await _deny(websocket, 400, f"offer the WebSocket subprotocol {SUBPROTOCOL}")
             return
         password = _basic_password(websocket, station_id)
-        verdict = await self.db(
-            service.check_handshake, station_id=station_id, password=password,
-            auto_register=self.settings.ocpp_auto_register, verify=self._verify(station_id),
-        )
-        if not verdict.allowed:
-            log.warning("station refused", station_id=station_id, reason=verdict.reason)
-            await _deny(websocket, verdict.status_code, verdict.reason)
+        registration, refusal = await self._admit(station_id, password)
+        if refusal is not None:
+            status_code, reason = refusal
+            log.warning("station refused", station_id=station_id, reason=reason)
+            await _deny(websocket, status_code, reason)
             return
         await websocket.accept(subprotocol=SUBPROTOCOL)
         connection = StationConnection(station_id, _Socket(websocket), self)
-        connection.registration = verdict.registration
+        connection.registration = registration
         previous = self._sockets.get(station_id)
         self.connections[station_id] = connection
         self._sockets[station_id] = websocket
@@ -157,6 +160,7 @@ class CentralSystem:
             connection.closed.set()
             reason = self._offline_reason.pop(id(websocket), reason)
             if self.connections.get(station_id) is connection:
+                await self.flush_heartbeats()
                 del self.connections[station_id]
                 del self._sockets[station_id]
                 metrics.STATIONS_CONNECTED.set(len(self.connections))
@@ -165,17 +169,56 @@ class CentralSystem:
                 await self.bus.publish(StationOffline(station_id=station_id, reason=reason))
             log.info("station disconnected", station_id=station_id, reason=reason)
 
-    def _verify(self, station_id: str) -> Callable[[str, str], bool]:
-        def verify(password: str, stored: str) -> bool:
-            digest = hashlib.sha256(password.encode()).digest()
-            if self._verified.get(station_id) == (stored, digest):
-                return True
-            if verify_password(password, stored):
-                self._verified[station_id] = (stored, digest)
-                return True
-            return False
+    async def _admit(
+        self, station_id: str, password: str | None
+    ) -> tuple[Registration, tuple[int, str] | None]:
+        """OCPP security profile 1: who may open a WebSocket, and in which registration.
 
-        return verify
+        Unknown stations get 404 as OCPP-J 1.6 asks, unless auto-registration is on: then
+        they are recorded as pending, with the password they offered, until approved.
+        """
+        credentials = await self.db(service.station_credentials, station_id=station_id)
+        if credentials is None:
+            if not self.settings.ocpp_auto_register:
+                return Registration.pending, (404, "unknown charge point")
+            if password is None or not 16 <= len(password) <= 40:
+                return Registration.pending, (401, "a password of 16 to 40 characters is required")
+            hashed = await self._in_password_pool(hash_password, password)
+            if not await self.db(service.register_pending, station_id=station_id,
+                                 password_hash=hashed):
+                return await self._admit(station_id, password)
+            return Registration.pending, None
+        if credentials.registration == Registration.decommissioned:
+            return credentials.registration, (404, "charge point decommissioned")
+        if credentials.password_hash is not None:
+            if password is None:
+                return credentials.registration, (401, "password required")
+            if not await self._password_matches(station_id, password, credentials.password_hash):
+                return credentials.registration, (401, "wrong password")
+        return credentials.registration, None
+
+    async def _password_matches(self, station_id: str, password: str, stored: str) -> bool:
+        digest = hashlib.sha256(password.encode()).digest()
+        if self._verified.get(station_id) == (stored, digest):
+            return True
+        if await self._in_password_pool(verify_password, password, stored):
+            self._verified[station_id] = (stored, digest)
+            return True
+        return False
+
+    async def _in_password_pool(self, fn: Callable[..., T], *args: Any) -> T:
+        # scrypt takes 16 MiB and ~20 ms per check: two at a time bounds memory and leaves
+        # the database thread and the event loop free during a reconnect storm.
+        return await asyncio.get_running_loop().run_in_executor(_PASSWORD_POOL, fn, *args)
+
+    def note_heartbeat(self, station_id: str) -> None:
+        """Heartbeats are stored in batches by :meth:`run_liveness`, not one write each."""
+        self._heartbeats[station_id] = _utcnow()
+
+    async def flush_heartbeats(self) -> None:
+        beats, self._heartbeats = self._heartbeats, {}
+        if beats:
+            await self.db(service.record_heartbeats, beats=beats)
 
     async def run_liveness(self) -> None:
         """Disconnect stations silent for more than the allowed heartbeat intervals."""
@@ -183,6 +226,7 @@ class CentralSystem:
         period = max(0.2, min(5.0, self.settings.heartbeat_interval / 2))
         while True:
             await asyncio.sleep(period)
+            await self.flush_heartbeats()
             now = time.monotonic()
             for station_id, websocket in list(self._sockets.items()):
                 if now - self._last_seen.get(station_id, now) > limit:

@@ -224,7 +224,7 @@ class StationConnection(ChargePoint):
 
     @on(Action.heartbeat, skip_schema_validation=True)
     async def on_heartbeat(self) -> call_result.Heartbeat:
-        await self.central.db(service.record_heartbeat, station_id=self.id, at=datetime.now(UTC))
+        self.central.note_heartbeat(self.id)
         return call_result.Heartbeat(current_time=_now())
 
     @on(Action.status_notification, skip_schema_validation=True)

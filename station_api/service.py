@@ -11,11 +11,11 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import bindparam, func
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, SQLModel, col, select
 
-from chargedesk.security import hash_password, verify_password
+from chargedesk.security import hash_password
 from chargedesk.types import utcnow
 from station_api.models import (
     CommandLog,
@@ -123,44 +123,31 @@ def decommission_station(session: Session, *, station_id: str) -> Station:
 
 
 @dataclass(frozen=True)
-class HandshakeVerdict:
-    allowed: bool
-    status_code: int = 200
-    reason: str = ""
-    registration: Registration = Registration.accepted
+class Credentials:
+    registration: Registration
+    password_hash: str | None
 
 
-def check_handshake(
-    session: Session,
-    *,
-    station_id: str,
-    password: str | None,
-    auto_register: bool,
-    verify: Callable[[str, str], bool] = verify_password,
-) -> HandshakeVerdict:
-    """Decide whether a station may open its WebSocket (OCPP security profile 1).
-
-    Unknown stations get 404 as OCPP-J 1.6 asks, unless auto-registration is on: then they
-    are recorded as pending, with the password they offered, until an operator approves.
-    """
+def station_credentials(session: Session, *, station_id: str) -> Credentials | None:
+    """What the WebSocket handshake checks: registration and password hash, if known."""
     station = session.get(Station, station_id)
     if station is None:
-        if not auto_register:
-            return HandshakeVerdict(False, 404, "unknown charge point")
-        if password is None or not 16 <= len(password) <= 40:
-            return HandshakeVerdict(False, 401, "a password of 16 to 40 characters is required")
-        register_station(
-            session, station_id=station_id, password=password, registration=Registration.pending
-        )
-        return HandshakeVerdict(True, registration=Registration.pending)
-    if station.registration == Registration.decommissioned:
-        return HandshakeVerdict(False, 404, "charge point decommissioned")
-    if station.password_hash is not None:
-        if password is None:
-            return HandshakeVerdict(False, 401, "password required")
-        if not verify(password, station.password_hash):
-            return HandshakeVerdict(False, 401, "wrong password")
-    return HandshakeVerdict(True, registration=station.registration)
+        return None
+    return Credentials(station.registration, station.password_hash)
+
+
+def register_pending(session: Session, *, station_id: str, password_hash: str) -> bool:
+    """Record an unknown station that dialled in, pending an operator's approval.
+
+    Returns False if another connection registered it first.
+    """
+    flags = insert_ignore(
+        session, Station,
+        [{"id": station_id, "registration": Registration.pending,
+          "password_hash": password_hash, "online": False, "created_at": utcnow()}],
+        key=("id",),
+    )
+    return flags[0]
 
 
 # ---------------------------------------------------------------- station reports
@@ -180,11 +167,17 @@ def record_boot(
     return station.registration
 
 
-def record_heartbeat(session: Session, *, station_id: str, at: datetime) -> None:
-    station = get_station(session, station_id=station_id)
-    station.last_heartbeat_at = at
-    station.last_seen_at = at
-    session.add(station)
+def record_heartbeats(session: Session, *, beats: dict[str, datetime]) -> None:
+    """Store the last heartbeat of many stations at once (the central system batches them)."""
+    if not beats:
+        return
+    table = Station.__table__  # type: ignore[attr-defined]
+    session.execute(
+        table.update()
+        .where(table.c.id == bindparam("sid"))
+        .values(last_heartbeat_at=bindparam("at"), last_seen_at=bindparam("at")),
+        [{"sid": station_id, "at": at} for station_id, at in beats.items()],
+    )
 
 
 def set_online(session: Session, *, station_id: str, online: bool, at: datetime) -> None:
@@ -235,7 +228,7 @@ def record_status(
         vendor_error_code=vendor_error_code,
         timestamp=timestamp,
     )
-    if not insert_ignore(session, StatusEvent, [row])[0]:
+    if not insert_ignore(session, StatusEvent, [row], key=_STATUS_KEY)[0]:
         return False, False
     live = session.get(Connector, (station_id, connector_id))
     if live is not None and live.status_at > timestamp:
@@ -478,6 +471,10 @@ def list_unknown_stops(session: Session, *, station_id: str | None = None) -> Se
 
 # ---------------------------------------------------------------- meter values
 
+_SAMPLE_KEY = ("station_id", "connector_id", "timestamp", "measurand", "phase", "location",
+               "context")
+_STATUS_KEY = ("station_id", "connector_id", "timestamp", "status", "error_code")
+
 # OCPP 1.6 units with a multiple of a base unit; everything is stored in the base unit.
 _SCALED_UNITS = {"kWh": ("Wh", 1000), "kvarh": ("varh", 1000), "kW": ("W", 1000),
                  "kVA": ("VA", 1000), "kvar": ("var", 1000)}
@@ -557,7 +554,7 @@ def record_meter_values(
     ]
     if not rows:
         return []
-    inserted = insert_ignore(session, MeterSample, rows)
+    inserted = insert_ignore(session, MeterSample, rows, key=_SAMPLE_KEY)
     return [row for row, new in zip(rows, inserted, strict=True) if new]
 
 
@@ -582,20 +579,31 @@ def list_meter_samples(
 
 
 def insert_ignore(
-    session: Session, model: type[SQLModel], rows: list[dict[str, Any]]
+    session: Session, model: type[SQLModel], rows: list[dict[str, Any]], *, key: Sequence[str]
 ) -> list[bool]:
-    """Insert rows, skipping those that break a unique constraint.
+    """Insert rows in one statement, skipping those whose ``key`` columns already exist.
 
-    Returns per row whether it was inserted.
+    ``key`` names a unique constraint of the table. Returns per row whether it was new; of
+    rows repeating a key within ``rows`` only the first counts.
     """
     dialect = session.get_bind().dialect.name
     insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[dialect]
     table = model.__table__  # type: ignore[attr-defined]
-    inserted = []
+    unique: dict[tuple[Any, ...], dict[str, Any]] = {}
     for row in rows:
-        stmt = insert(table).values(**row).on_conflict_do_nothing().returning(table.c.id)
-        inserted.append(session.execute(stmt).first() is not None)
-    return inserted
+        unique.setdefault(tuple(row[k] for k in key), row)
+    stmt = (
+        insert(table)
+        .values(list(unique.values()))
+        .on_conflict_do_nothing()
+        .returning(*(table.c[k] for k in key))
+    )
+    inserted = {tuple(found) for found in session.execute(stmt)}
+    flags = []
+    for row in rows:
+        k = tuple(row[c] for c in key)
+        flags.append(k in inserted and unique.get(k) is row)
+    return flags
 
 
 # ---------------------------------------------------------------- command audit

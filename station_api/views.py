@@ -257,7 +257,8 @@ async def send_command(
     station said. An action or payload OCPP 1.6 does not allow is refused with 422.
     """
     cs = central(request)
-    await _acall(cs, service.get_station, station_id=station_id)
+    if not cs.is_online(station_id):  # a connected station exists; spare the lookup
+        await _acall(cs, service.get_station, station_id=station_id)
     try:
         result = await cs.send_command(
             station_id, action, payload, requested_by=principal.label, reason=reason,
