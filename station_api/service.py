@@ -592,13 +592,10 @@ def insert_ignore(
     unique: dict[tuple[Any, ...], dict[str, Any]] = {}
     for row in rows:
         unique.setdefault(tuple(row[k] for k in key), row)
-    stmt = (
-        insert(table)
-        .values(list(unique.values()))
-        .on_conflict_do_nothing()
-        .returning(*(table.c[k] for k in key))
-    )
-    inserted = {tuple(found) for found in session.execute(stmt)}
+    # executemany rather than .values(rows): SQLAlchemy batches it into one multi-row
+    # INSERT and caches the compiled statement, which a literal VALUES list defeats.
+    stmt = insert(table).on_conflict_do_nothing().returning(*(table.c[k] for k in key))
+    inserted = {tuple(found) for found in session.execute(stmt, list(unique.values()))}
     flags = []
     for row in rows:
         k = tuple(row[c] for c in key)

@@ -137,3 +137,28 @@ async def test_messages_queued_offline_arrive_late_and_are_stored_once_in_order(
     registers = [r.value for r in rows]
     assert registers == sorted(registers)
     assert done.meter_stop_wh == int(registers[-1])
+
+
+async def test_a_remote_start_with_a_charging_profile_charges_at_that_limit(engine, sim, aapi):
+    answer = (await aapi.post("/api/v1/stations/SIM-1/commands/RemoteStartTransaction", json={
+        "idTag": "RFID-1", "connectorId": 2, "chargingProfile": {
+            "chargingProfileId": 5, "stackLevel": 0, "chargingProfilePurpose": "TxProfile",
+            "chargingProfileKind": "Relative", "chargingSchedule": {
+                "chargingRateUnit": "W",
+                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 3680.0}]}}},
+        params={"reason": "driver asked the assistant"})).json()
+    assert answer["outcome"] == "accepted", answer
+
+    def transaction() -> int | None:
+        with session_scope(engine) as session:
+            active = service.active_transaction(session, station_id="SIM-1", connector_id=2)
+            return active.id if active else None
+
+    await eventually(lambda: transaction() is not None)
+    tx = transaction()
+    await eventually(lambda: len(powers(engine, tx)) >= 2)
+    assert powers(engine, tx)[-1] == Decimal("3680")
+    stop = (await aapi.post("/api/v1/stations/SIM-1/commands/RemoteStopTransaction",
+                            json={"transactionId": tx})).json()
+    assert stop["outcome"] == "accepted"
+    await eventually(lambda: transaction() is None)

@@ -243,11 +243,32 @@ async def test_authorize_answers_from_the_id_tag_registry_and_hooks(server, engi
         assert await status_of("BROKE") == "Blocked"
 
 
-async def test_data_transfer_to_an_unknown_vendor(server, engine) -> None:
+async def test_data_transfer_goes_to_a_registered_handler_or_is_unknown(server, engine):
+    register(engine)
+
+    async def echo(station_id: str, message_id: str | None, data: str | None):
+        return "Accepted", f"{station_id}:{message_id}:{data}"
+
+    server.runtime.central.data_transfer_handlers[("com.chargedesk", "echo")] = echo
+    async with station(server.ws_url, "CP-1") as cp:
+        unknown_vendor = await cp.call(call.DataTransfer(vendor_id="com.example"))
+        unknown_message = await cp.call(call.DataTransfer(vendor_id="com.chargedesk",
+                                                          message_id="other"))
+        echoed = await cp.call(call.DataTransfer(vendor_id="com.chargedesk",
+                                                 message_id="echo", data="hej"))
+    assert unknown_vendor.status == "UnknownVendorId"
+    assert unknown_message.status == "UnknownMessageId"
+    assert (echoed.status, echoed.data) == ("Accepted", "CP-1:echo:hej")
+
+
+async def test_firmware_and_diagnostics_status_are_kept(server, engine) -> None:
     register(engine)
     async with station(server.ws_url, "CP-1") as cp:
-        answer = await cp.call(call.DataTransfer(vendor_id="com.example", message_id="x"))
-    assert answer.status == "UnknownVendorId"
+        await cp.call(call.FirmwareStatusNotification(status="Installing"), suppress=False)
+        await cp.call(call.DiagnosticsStatusNotification(status="Uploaded"), suppress=False)
+    with session_scope(engine) as session:
+        stored = session.get(Station, "CP-1")
+        assert (stored.firmware_status, stored.diagnostics_status) == ("Installing", "Uploaded")
 
 
 # ---------------------------------------------------------------- transactions
