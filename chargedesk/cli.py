@@ -286,13 +286,14 @@ def bench_ocpp(
     command_rate: Annotated[float, typer.Option(help="Remote commands per second")] = 20,
     find_limit: Annotated[bool, typer.Option(
         help="Also ramp the station count to find where command p99 passes 1 s")] = False,
+    limit_step: Annotated[int, typer.Option(min=100, help="Stations added per limit step")] = 500,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
 ) -> None:
     """Load the central system with simulated stations and commands, against a bare baseline."""
     from chargedesk.bench.ocpp import run
 
     figures = run(stations=stations, duration=duration, command_rate=command_rate,
-                  find_limit=find_limit, progress=None if as_json else _progress)
+                  find_limit=find_limit, limit_step=limit_step, progress=_progress)
     typer.echo(json.dumps(figures, indent=None if as_json else 2, default=str))
 
 

@@ -223,7 +223,9 @@ class CentralSystem:
     async def run_liveness(self) -> None:
         """Disconnect stations silent for more than the allowed heartbeat intervals."""
         limit = self.settings.heartbeat_interval * self.settings.heartbeat_grace_intervals
-        period = max(0.2, min(5.0, self.settings.heartbeat_interval / 2))
+        # Often and small: one large batch of heartbeat updates would hold up the database
+        # thread, and every command waiting behind it.
+        period = max(0.2, min(1.0, self.settings.heartbeat_interval / 2))
         while True:
             await asyncio.sleep(period)
             await self.flush_heartbeats()

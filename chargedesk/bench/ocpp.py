@@ -56,7 +56,7 @@ STATION_PREFIX = "BENCH"
 CONNECT_RATE = 50.0
 COMMAND_TIMEOUT_S = 10.0
 STATIONS_PER_WORKER = 1500
-LIMIT_STEP = 1000
+LIMIT_STEP = 500
 LIMIT_CAP = 6000
 LIMIT_WINDOW_S = 20.0
 # Commands as OCPP payloads (camelCase); UnlockConnector targets the idle connector 2,
