@@ -40,6 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -539,7 +540,7 @@ class CpuMeter:
         return total
 
 
-class Server:
+class Server(ABC):
     """A central system under test, in its own process."""
 
     label = "server"
@@ -547,27 +548,32 @@ class Server:
     ocpp_url: str
 
     @property
-    def pid(self) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def pid(self) -> int: ...
 
+    @abstractmethod
     async def start(self) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     async def stop(self) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     async def connected(self) -> int:
         """Stations connected, as the server sees them."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     async def messages(self) -> int:
         """CALLs received from stations since the server started."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     async def start_commands(self, ids: Sequence[str], rate: float, duration: float
                              ) -> Collect:
         """Start issuing commands; what it returns waits for them and tallies them."""
-        raise NotImplementedError
+        ...
 
 
 class ChargeDeskServer(Server):
