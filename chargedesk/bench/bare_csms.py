@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,8 @@ from ocpp.v16.enums import (
 )
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+
+from chargedesk.bench.stats import percentile
 
 
 def _now() -> str:
@@ -254,13 +255,7 @@ class CommandStats:
 
     def percentile(self, p: float) -> float | None:
         """The p-th percentile round trip in seconds, or None with no answers."""
-        if not self.round_trips:
-            return None
-        if len(self.round_trips) == 1:
-            return self.round_trips[0]
-        return statistics.quantiles(self.round_trips, n=100, method="inclusive")[
-            max(0, min(98, round(p) - 1))
-        ]
+        return percentile(self.round_trips, round(p))
 
     def summary(self) -> dict[str, float | int | None]:
         """Counts and p50/p95/p99 round trips in milliseconds."""

@@ -36,7 +36,6 @@ import json
 import math
 import os
 import socket
-import statistics
 import sys
 import tempfile
 import time
@@ -48,6 +47,8 @@ from typing import IO, Any
 
 import httpx
 import psutil
+
+from chargedesk.bench import stats
 
 HEARTBEAT_S = 10
 METER_S = 10
@@ -184,12 +185,9 @@ class CommandTally:
 
 
 def percentile(values: Sequence[float], p: int) -> float | None:
-    """The p-th percentile (inclusive method, as bare_csms.CommandStats), or None if empty."""
-    if not values:
-        return None
-    if len(values) == 1:
-        return round(values[0], 2)
-    return round(statistics.quantiles(values, n=100, method="inclusive")[p - 1], 2)
+    """The p-th percentile in ms, rounded for the report (the method of `stats.percentile`)."""
+    value = stats.percentile(values, p)
+    return None if value is None else round(value, 2)
 
 
 async def _window(
