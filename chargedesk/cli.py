@@ -188,6 +188,23 @@ def station_add(
     typer.echo(f"station {station_id} registered")
 
 
+@station_app.command("password")
+def station_password(
+    station_id: str,
+    password: Annotated[str, typer.Option(help="The new Basic-auth password (16-40 chars)")],
+) -> None:
+    """Set a station's password; give the station the same key (AuthorizationKey)."""
+    from chargedesk.db import session_scope
+    from station_api import service
+
+    try:
+        with session_scope(_engine()) as session:
+            service.set_station_password(session, station_id=station_id, password=password)
+    except service.StationError as exc:
+        _fail(str(exc))
+    typer.echo(f"password of {station_id} changed; it applies from the next connection")
+
+
 @station_app.command("list")
 def station_list() -> None:
     """Stations with registration, online state and connector status."""

@@ -74,3 +74,18 @@ async def test_station_command_prints_the_outcome(cli, server, engine, operator_
 def test_station_passwords_follow_the_ocpp_length_rule(cli) -> None:
     short = cli.invoke(app, ["station", "add", "CP-8", "--password", "short"])
     assert short.exit_code == 1 and "16 to 40 characters" in short.output
+
+
+def test_station_password_can_be_changed(cli, engine) -> None:
+    from chargedesk.security import verify_password
+
+    cli.invoke(app, ["station", "add", "CP-9", "--password", "the-first-password-1"])
+    changed = cli.invoke(app, ["station", "password", "CP-9", "--password",
+                               "the-second-password-2"])
+    assert changed.exit_code == 0, changed.output
+    with session_scope(engine) as session:
+        stored = session.get(Station, "CP-9").password_hash
+    assert verify_password("the-second-password-2", stored)
+    assert not verify_password("the-first-password-1", stored)
+    missing = cli.invoke(app, ["station", "password", "NOPE", "--password", "x" * 20])
+    assert missing.exit_code == 1 and "no station NOPE" in missing.output
