@@ -175,10 +175,15 @@ def apikey_revoke(key_id: int) -> None:
 def station_add(
     station_id: str,
     password: Annotated[str | None, typer.Option(help="OCPP Basic-auth password")] = None,
+    insecure_no_password: Annotated[bool, typer.Option(
+        help="Let it connect without Basic auth (chargers without security profile 1)")] = False,
 ) -> None:
     """Register a station, with its security-profile-1 password."""
     from chargedesk.db import session_scope
     from station_api import service
+
+    if password is None and not insecure_no_password:
+        _fail("give --password, or --insecure-no-password to let it connect without one")
 
     try:
         with session_scope(_engine()) as session:

@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, WebSocket, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from chargedesk.auth import OperatorUser, SessionDep, StaffUser
 from station_api import service
@@ -80,6 +80,17 @@ class StationCreate(BaseModel):
         default=None, min_length=16, max_length=40,
         description="OCPP security profile 1 password (AuthorizationKey, 16-40 characters)",
     )
+    insecure_no_password: bool = Field(
+        default=False,
+        description="Let the station connect without Basic auth (only for chargers that "
+        "cannot do security profile 1)",
+    )
+
+    @model_validator(mode="after")
+    def _password_or_explicit_opt_out(self) -> StationCreate:
+        if self.password is None and not self.insecure_no_password:
+            raise ValueError("give a password, or set insecure_no_password to allow none")
+        return self
 
 
 class TransactionOut(BaseModel):

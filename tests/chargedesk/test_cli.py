@@ -37,8 +37,10 @@ def test_apikey_create_prints_a_key_that_is_stored_hashed(cli, engine) -> None:
 def test_station_add_and_list(cli, engine) -> None:
     added = cli.invoke(app, ["station", "add", "CP-7", "--password", "a-long-station-secret"])
     assert added.exit_code == 0, added.output
-    again = cli.invoke(app, ["station", "add", "CP-7"])
+    again = cli.invoke(app, ["station", "add", "CP-7", "--insecure-no-password"])
     assert again.exit_code == 1 and "already exists" in again.output
+    bare = cli.invoke(app, ["station", "add", "CP-8"])
+    assert bare.exit_code == 1 and "--password" in bare.output
     listing = cli.invoke(app, ["station", "list"])
     assert "CP-7\taccepted\toffline" in listing.stdout
     with session_scope(engine) as session:

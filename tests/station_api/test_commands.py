@@ -143,11 +143,16 @@ def test_api_needs_a_key_and_the_right_role(server, engine, api, agent_key) -> N
     wrong = httpx.get(f"{server.base_url}/api/v1/stations",
                       headers={"Authorization": "Bearer cd_not-a-key"})
     assert wrong.status_code == 401
-    as_agent = httpx.post(f"{server.base_url}/api/v1/stations", json={"id": "CP-2"},
+    new = {"id": "CP-2", "password": "a-fine-station-password"}
+    as_agent = httpx.post(f"{server.base_url}/api/v1/stations", json=new,
                           headers={"Authorization": f"Bearer {agent_key}"})
     assert as_agent.status_code == 403
-    assert api.post("/api/v1/stations", json={"id": "CP-2"}).status_code == 201
-    assert api.post("/api/v1/stations", json={"id": "CP-2"}).status_code == 409
+    assert api.post("/api/v1/stations", json=new).status_code == 201
+    assert api.post("/api/v1/stations", json=new).status_code == 409
+    # No password only when asked for explicitly.
+    assert api.post("/api/v1/stations", json={"id": "CP-3"}).status_code == 422
+    assert api.post("/api/v1/stations", json={"id": "CP-3", "insecure_no_password": True}
+                    ).status_code == 201
     metrics = httpx.get(f"{server.base_url}/metrics")
     assert metrics.status_code == 401
     assert "chargedesk_stations_connected" in api.get("/metrics").text
