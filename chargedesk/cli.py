@@ -6,6 +6,8 @@ import asyncio
 import json
 import os
 import sys
+from decimal import Decimal
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
@@ -18,11 +20,13 @@ app = typer.Typer(help="ChargeDesk: support and operations for EV charging netwo
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 apikey_app = typer.Typer(help="API keys for /api/v1.", no_args_is_help=True)
 station_app = typer.Typer(help="Charging stations.", no_args_is_help=True)
+billing_app = typer.Typer(help="Tariffs and rating.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks; each prints its figures, or one JSON object.",
                         no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(station_app, name="station")
+app.add_typer(billing_app, name="billing")
 app.add_typer(bench_app, name="bench")
 
 
@@ -299,6 +303,23 @@ def simulate(
         )
 
     typer.echo(json.dumps(asdict(asyncio.run(main()))))
+
+
+@billing_app.command("rate")
+def billing_rate(
+    tariff: Annotated[Path, typer.Option(help="An OCPI 2.2.1 Tariff object (JSON)")],
+    session: Annotated[Path, typer.Option(help="What the station reported (JSON)")],
+) -> None:
+    """Rate one charging session and print its CDR (OCPI totals, periods, cost lines)."""
+    from billing_api.rating import parse_session, rate
+    from billing_api.tariffs import BillingInputError, parse_tariff
+
+    try:
+        cdr = rate(parse_tariff(tariff.read_bytes()),
+                   parse_session(json.loads(session.read_text(), parse_float=Decimal)))
+    except (OSError, json.JSONDecodeError, BillingInputError) as exc:
+        _fail(str(exc))
+    typer.echo(cdr.to_json())
 
 
 @bench_app.command("ocpp")
