@@ -73,10 +73,12 @@ def create_app(
     )
     app.state.runtime = runtime
 
+    from billing_api.views import router as billing_router
     from station_api.views import ocpp_router
     from station_api.views import router as stations_router
 
     app.include_router(stations_router)
+    app.include_router(billing_router)
     app.include_router(ocpp_router)
 
     @app.get("/healthz", tags=["ops"])

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
 from sqlmodel import Session, select
 
+from billing_api import service as billing
+from billing_api.models import TariffVersion
+from billing_api.tariffs import parse_tariff
 from chargedesk.auth import create_api_key
 from chargedesk.models import ApiKey, Role
 from chargedesk.types import utcnow
@@ -41,6 +45,14 @@ def seed(session: Session, demo: dict[str, Any]) -> None:
                     session, id_tag=entry["id_tag"], status=IdTagStatus(entry["status"])
                 )
         session.flush()
+    for entry in demo.get("tariffs", []):
+        tariff = parse_tariff(json.dumps(entry["tariff"]))
+        if not session.exec(select(TariffVersion).where(TariffVersion.tariff_id == tariff.id)
+                            ).first():
+            billing.import_tariff(session, tariff=tariff, created_by="demo",
+                                  valid_from=datetime(2026, 1, 1, tzinfo=UTC))
+            billing.assign_tariff(session, tariff_id=tariff.id, created_by="demo",
+                                  valid_from=datetime(2026, 1, 1, tzinfo=UTC), **entry["assign"])
 
 
 def fresh_demo_key(session: Session) -> str:

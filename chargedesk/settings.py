@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     # auto: key=value lines on a terminal, JSON lines otherwise (containers, files).
     log_format: Literal["auto", "json", "console"] = "auto"
 
+    # Local time of the network: tariffs' time-of-day rules and what drivers are shown.
+    time_zone: str = "Europe/Stockholm"
+
     # OCPP central system.
     heartbeat_interval: int = Field(300, ge=1, description="Seconds, sent in BootNotification")
     # A station is offline after this many heartbeat intervals without a message.

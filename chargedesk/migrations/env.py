@@ -4,7 +4,8 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 from sqlmodel import SQLModel
 
-import chargedesk.models  # noqa: F401  (registers tables)
+import billing_api.models  # noqa: F401  (registers tables)
+import chargedesk.models  # noqa: F401
 import station_api.models  # noqa: F401
 
 config = context.config

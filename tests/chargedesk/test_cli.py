@@ -91,3 +91,19 @@ def test_station_password_can_be_changed(cli, engine) -> None:
     assert not verify_password("the-first-password-1", stored)
     missing = cli.invoke(app, ["station", "password", "NOPE", "--password", "x" * 20])
     assert missing.exit_code == 1 and "no station NOPE" in missing.output
+
+
+def test_the_demo_network_seeds_once_with_prices_at_every_station(engine) -> None:
+    from billing_api import service as billing
+    from chargedesk import demo
+
+    network = demo.load_demo()
+    for _ in range(2):
+        with session_scope(engine) as session:
+            demo.seed(session, network)
+    with session_scope(engine) as session:
+        for entry in network["stations"]:
+            assert session.get(Station, entry["id"]) is not None
+            in_force = billing.tariff_in_force(session, station_id=entry["id"])
+            expected = "SE-FAST" if entry["id"] == "SE-GBG-HAMN-01" else "SE-STANDARD"
+            assert (in_force.tariff_id, in_force.version) == (expected, 1)
