@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from types import MappingProxyType
 
 import pytest
 
@@ -301,3 +302,71 @@ def test_a_tariff_is_only_applied_to_sessions_started_while_it_is_valid() -> Non
     )
     with pytest.raises(TariffNotApplicableError, match="ended"):
         rate(ended, GOOD)
+
+
+# --- the fast paths give the same answers as the general ones ------------------------------
+
+
+def test_timestamps_read_the_same_in_any_offset_or_iso_form() -> None:
+    forms = [
+        "2024-03-05T08:00:00+01:00",
+        "2024-03-05T07:00:00Z",
+        "2024-03-05T02:00:00-05:00",
+        "2024-03-05T08:00:00.000+01:00",
+        "20240305T080000+01:00",
+        "2024-03-05 08:00:00+01:00",
+    ]
+    instants = {
+        parse_session(
+            {
+                "time_zone": "Europe/Stockholm",
+                "samples": [
+                    {"timestamp": form, "energy_wh": 0},
+                    {"timestamp": "2024-03-05T09:00:00+01:00", "energy_wh": 1},
+                ],
+            }
+        ).start
+        for form in forms
+    }
+    assert [moment.isoformat() for moment in instants] == ["2024-03-05T07:00:00+00:00"]
+
+
+def test_readings_of_any_number_type_or_mapping_rate_alike() -> None:
+    plain = session_of("2024-03-05T21:00", Leg(60, 5, power_w=11000), Leg(60, 2, current_a=16))
+    as_ints = {
+        **plain,
+        "samples": [{**s, "energy_wh": int(s["energy_wh"])} for s in plain["samples"]],
+    }
+    as_floats = {
+        **plain,
+        "samples": [{**s, "energy_wh": float(s["energy_wh"])} for s in plain["samples"]],
+    }
+    as_mappings = {**plain, "samples": [MappingProxyType(s) for s in plain["samples"]]}
+    results = {
+        rate(NIGHT_AND_DAY, session).to_json() for session in (as_ints, as_floats, as_mappings)
+    }
+    assert len(results) == 1
+
+
+def test_flat_fees_of_different_tariffs_are_not_mixed_up() -> None:
+    # flat cost lines are cached per price component; each tariff must still bill its own
+    fees = [
+        tariff({"price_components": [component("FLAT", price, 1, "25")]})
+        for price in ("1.00", "2.50", "1.00")
+    ]
+    charge = session_of("2024-03-05T08:00", Leg(30, 5))
+    assert [rate(fee, charge).total_cost.excl_vat for fee in fees] == [
+        Decimal("1.00"),
+        Decimal("2.50"),
+        Decimal("1.00"),
+    ]
+
+
+def test_out_of_order_samples_name_the_first_bad_pair_even_after_good_ones() -> None:
+    session = session_of("2024-03-05T08:00", Leg(30, 5), Leg(30, 5), Leg(30, 5))
+    samples = session["samples"]
+    samples[3] = {**samples[3], "energy_wh": samples[1]["energy_wh"]}
+    with pytest.raises(
+        InvalidSessionError, match="from 22345 Wh at sample 3 to 17345 Wh at sample 4"
+    ):
+        parse_session(session)
