@@ -13,15 +13,16 @@ from sqlmodel import Session, col, select
 
 from billing_api.models import TariffAssignment, TariffVersion
 from billing_api.tariffs import Tariff, parse_tariff
+from chargedesk import errors
 from chargedesk.types import utcnow
 from station_api.models import Station
 
 
-class BillingError(Exception):
-    """A request that cannot be carried out, with a message fit for the caller."""
+class BillingError(errors.DomainError):
+    """A billing request that cannot be carried out."""
 
 
-class NotFound(BillingError):
+class NotFound(BillingError, errors.NotFound):
     pass
 
 

@@ -39,8 +39,9 @@ class AssignmentIn(BaseModel):
 def import_tariff(
     session: SessionDep,
     principal: OperatorUser,
-    body: Annotated[bytes, Body(media_type="application/json",
-                                description="An OCPI 2.2.1 Tariff object")],
+    body: Annotated[
+        bytes, Body(media_type="application/json", description="An OCPI 2.2.1 Tariff object")
+    ],
     valid_from: datetime | None = None,
 ) -> Any:
     """Import an OCPI tariff as the next version of its id (from ``valid_from``, or now)."""
@@ -48,8 +49,9 @@ def import_tariff(
         tariff = parse_tariff(body)
     except BillingInputError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-    return service.import_tariff(session, tariff=tariff, created_by=principal.label,
-                                 valid_from=valid_from)
+    return service.import_tariff(
+        session, tariff=tariff, created_by=principal.label, valid_from=valid_from
+    )
 
 
 @router.get("/tariffs", response_model=list[TariffVersionOut])
@@ -60,27 +62,34 @@ def list_tariffs(session: SessionDep, _: StaffUser) -> Any:
 
 @router.get("/tariffs/{tariff_id}/versions", response_model=list[TariffVersionOut])
 def tariff_versions(tariff_id: str, session: SessionDep, _: StaffUser) -> Any:
-    return _call(service.tariff_versions, session, tariff_id=tariff_id)
+    return service.tariff_versions(session, tariff_id=tariff_id)
 
 
-@router.get("/tariffs/{tariff_id}", response_class=Response,
-            responses={200: {"content": {"application/json": {}}}})
+@router.get(
+    "/tariffs/{tariff_id}",
+    response_class=Response,
+    responses={200: {"content": {"application/json": {}}}},
+)
 def export_tariff(
     tariff_id: str, session: SessionDep, _: StaffUser, version: int | None = None
 ) -> Response:
     """The tariff as an OCPI 2.2.1 Tariff object (the version in force, or ``version``)."""
-    row = _call(service.tariff_version, session, tariff_id=tariff_id, version=version)
+    row = service.tariff_version(session, tariff_id=tariff_id, version=version)
     return Response(row.body, media_type="application/json")
 
 
-@router.post("/tariffs/{tariff_id}/assignments", response_model=TariffAssignment,
-             status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/tariffs/{tariff_id}/assignments",
+    response_model=TariffAssignment,
+    status_code=status.HTTP_201_CREATED,
+)
 def assign_tariff(
     tariff_id: str, body: AssignmentIn, session: SessionDep, principal: OperatorUser
 ) -> Any:
     """Apply a tariff to a connector, a station or the whole network, maybe for one group."""
-    return _call(service.assign_tariff, session, tariff_id=tariff_id,
-                 created_by=principal.label, **body.model_dump())
+    return service.assign_tariff(
+        session, tariff_id=tariff_id, created_by=principal.label, **body.model_dump()
+    )
 
 
 @router.get("/stations/{station_id}/price")
@@ -94,17 +103,13 @@ def station_price(
 ) -> dict[str, Any]:
     """Everything a driver pays at this station now: energy, time, session and idle fees."""
     now = utcnow()
-    row = _call(service.tariff_in_force, session, station_id=station_id,
-                connector_id=connector_id, driver_group=driver_group, at=now)
+    row = service.tariff_in_force(
+        session, station_id=station_id, connector_id=connector_id, driver_group=driver_group, at=now
+    )
     zone = ZoneInfo(request.app.state.runtime.settings.time_zone)
-    return {"station_id": station_id, "connector_id": connector_id, "version": row.version,
-            **price_sheet(service.load(row), at=now, time_zone=zone)}
-
-
-def _call(fn: Any, session: Any, **kwargs: Any) -> Any:
-    try:
-        return fn(session, **kwargs)
-    except service.NotFound as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    except service.BillingError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    return {
+        "station_id": station_id,
+        "connector_id": connector_id,
+        "version": row.version,
+        **price_sheet(service.load(row), at=now, time_zone=zone),
+    }

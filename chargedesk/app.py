@@ -14,6 +14,7 @@ from sqlalchemy import Engine, text
 
 from chargedesk.auth import OperatorUser
 from chargedesk.db import dispose, make_engine
+from chargedesk.errors import install_handlers
 from chargedesk.events import InMemoryEventBus
 from chargedesk.logging import configure_logging
 from chargedesk.settings import Settings, get_settings
@@ -72,6 +73,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    install_handlers(app)
 
     from billing_api.views import router as billing_router
     from station_api.views import ocpp_router

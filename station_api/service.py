@@ -15,6 +15,7 @@ from sqlalchemy import bindparam, func
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, SQLModel, col, select
 
+from chargedesk import errors
 from chargedesk.security import hash_password
 from chargedesk.types import utcnow
 from station_api.models import (
@@ -32,15 +33,15 @@ from station_api.models import (
 )
 
 
-class StationError(Exception):
-    """A request that cannot be carried out, with a message fit for the caller."""
+class StationError(errors.DomainError):
+    """A station request that cannot be carried out."""
 
 
-class NotFound(StationError):
+class NotFound(StationError, errors.NotFound):
     pass
 
 
-class Conflict(StationError):
+class Conflict(StationError, errors.Conflict):
     pass
 
 

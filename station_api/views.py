@@ -77,7 +77,9 @@ class StationDetail(StationOut):
 class StationCreate(BaseModel):
     id: str = Field(min_length=1, max_length=48, pattern=r"^[A-Za-z0-9._:\-]+$")
     password: str | None = Field(
-        default=None, min_length=16, max_length=40,
+        default=None,
+        min_length=16,
+        max_length=40,
         description="OCPP security profile 1 password (AuthorizationKey, 16-40 characters)",
     )
     insecure_no_password: bool = Field(
@@ -166,7 +168,7 @@ def list_stations(request: Request, session: SessionDep, _: StaffUser) -> list[d
 
 @router.post("/stations", response_model=StationOut, status_code=status.HTTP_201_CREATED)
 def register_station(body: StationCreate, session: SessionDep, _: OperatorUser) -> dict[str, Any]:
-    station = _call(service.register_station, session, station_id=body.id, password=body.password)
+    station = service.register_station(session, station_id=body.id, password=body.password)
     return _station_out(station, [], False)
 
 
@@ -174,7 +176,7 @@ def register_station(body: StationCreate, session: SessionDep, _: OperatorUser) 
 def station_detail(
     station_id: str, request: Request, session: SessionDep, _: StaffUser
 ) -> dict[str, Any]:
-    station = _call(service.get_station, session, station_id=station_id)
+    station = service.get_station(session, station_id=station_id)
     connectors = list(service.list_connectors(session, station_ids=[station_id]))
     return {
         **_station_out(station, connectors, central(request).is_online(station_id)),
@@ -188,13 +190,17 @@ async def approve_station(
 ) -> dict[str, Any]:
     """Accept an auto-registered station; if connected it is asked to boot again now."""
     cs = central(request)
-    station = await _acall(cs, service.approve_station, station_id=station_id)
+    station = await cs.db(service.approve_station, station_id=station_id)
     connection = cs.connections.get(station_id)
     if connection is not None:
         connection.registration = Registration.accepted
         await cs.send_command(
-            station_id, "TriggerMessage", {"requestedMessage": "BootNotification"},
-            requested_by=principal.label, reason="registration approved", timeout=10,
+            station_id,
+            "TriggerMessage",
+            {"requestedMessage": "BootNotification"},
+            requested_by=principal.label,
+            reason="registration approved",
+            timeout=10,
         )
     return _station_out(station, [], cs.is_online(station_id))
 
@@ -205,17 +211,20 @@ async def decommission_station(
 ) -> dict[str, Any]:
     """Take a station out of service and close its connection."""
     cs = central(request)
-    station = await _acall(cs, service.decommission_station, station_id=station_id)
+    station = await cs.db(service.decommission_station, station_id=station_id)
     await cs.disconnect(station_id, "decommissioned")
     return _station_out(station, [], False)
 
 
 @router.get("/stations/{station_id}/transactions", response_model=list[TransactionOut])
 def station_transactions(
-    station_id: str, session: SessionDep, _: StaffUser,
-    active: bool | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    station_id: str,
+    session: SessionDep,
+    _: StaffUser,
+    active: bool | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
-    _call(service.get_station, session, station_id=station_id)
+    service.get_station(session, station_id=station_id)
     return [
         {**tx.model_dump(), "energy_wh": tx.energy_wh}
         for tx in service.list_transactions(
@@ -226,20 +235,30 @@ def station_transactions(
 
 @router.get("/stations/{station_id}/meter-values", response_model=list[SampleOut])
 def station_meter_values(
-    station_id: str, session: SessionDep, _: StaffUser,
-    transaction_id: int | None = None, measurand: str | None = None,
+    station_id: str,
+    session: SessionDep,
+    _: StaffUser,
+    transaction_id: int | None = None,
+    measurand: str | None = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> list[Any]:
-    _call(service.get_station, session, station_id=station_id)
-    return list(service.list_meter_samples(
-        session, station_id=station_id, transaction_id=transaction_id, measurand=measurand,
-        limit=limit,
-    ))
+    service.get_station(session, station_id=station_id)
+    return list(
+        service.list_meter_samples(
+            session,
+            station_id=station_id,
+            transaction_id=transaction_id,
+            measurand=measurand,
+            limit=limit,
+        )
+    )
 
 
 @router.get("/stations/{station_id}/commands", response_model=list[CommandLog])
 def station_commands(
-    station_id: str, session: SessionDep, _: StaffUser,
+    station_id: str,
+    session: SessionDep,
+    _: StaffUser,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[CommandLog]:
     """The command audit trail, newest first."""
@@ -269,17 +288,25 @@ async def send_command(
     """
     cs = central(request)
     if not cs.is_online(station_id):  # a connected station exists; spare the lookup
-        await _acall(cs, service.get_station, station_id=station_id)
+        await cs.db(service.get_station, station_id=station_id)
     try:
         result = await cs.send_command(
-            station_id, action, payload, requested_by=principal.label, reason=reason,
+            station_id,
+            action,
+            payload,
+            requested_by=principal.label,
+            reason=reason,
             timeout=timeout,
         )
     except InvalidCommand as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     return {
-        "command_id": result.command_id, "station_id": station_id, "action": action,
-        "outcome": result.outcome, "response": result.response, "error": result.error,
+        "command_id": result.command_id,
+        "station_id": station_id,
+        "action": action,
+        "outcome": result.outcome,
+        "response": result.response,
+        "error": result.error,
         "latency_ms": round(result.latency_ms, 3),
     }
 
@@ -294,32 +321,10 @@ def list_id_tags(session: SessionDep, _: StaffUser) -> list[IdTag]:
 
 @router.post("/id-tags", response_model=IdTag, status_code=status.HTTP_201_CREATED)
 def create_id_tag(body: IdTagCreate, session: SessionDep, _: OperatorUser) -> IdTag:
-    return _call(service.create_id_tag, session, **body.model_dump())
+    return service.create_id_tag(session, **body.model_dump())
 
 
 @router.patch("/id-tags/{id_tag}", response_model=IdTag)
 def update_id_tag(id_tag: str, body: IdTagUpdate, session: SessionDep, _: StaffUser) -> IdTag:
     """Block, expire or re-parent a tag (agents may block a lost card)."""
-    return _call(service.update_id_tag, session, id_tag=id_tag, **body.model_dump())
-
-
-def _call(fn: Any, session: Any, **kwargs: Any) -> Any:
-    try:
-        return fn(session, **kwargs)
-    except service.NotFound as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    except service.Conflict as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-    except service.StationError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
-
-
-async def _acall(cs: CentralSystem, fn: Any, **kwargs: Any) -> Any:
-    try:
-        return await cs.db(fn, **kwargs)
-    except service.NotFound as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
-    except service.Conflict as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-    except service.StationError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    return service.update_id_tag(session, id_tag=id_tag, **body.model_dump())
