@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ DEMO_KEY_NAME = "demo-operator"
 
 
 def load_demo() -> dict[str, Any]:
-    return json.loads(DEMO_FILE.read_text())
+    # Decimal: tariff prices in the file must stay exactly as written.
+    return json.loads(DEMO_FILE.read_text(), parse_float=Decimal)
 
 
 def seed(session: Session, demo: dict[str, Any]) -> None:
@@ -46,7 +48,7 @@ def seed(session: Session, demo: dict[str, Any]) -> None:
                 )
         session.flush()
     for entry in demo.get("tariffs", []):
-        tariff = parse_tariff(json.dumps(entry["tariff"]))
+        tariff = parse_tariff(entry["tariff"])
         if not session.exec(select(TariffVersion).where(TariffVersion.tariff_id == tariff.id)
                             ).first():
             billing.import_tariff(session, tariff=tariff, created_by="demo",
