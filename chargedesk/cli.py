@@ -41,6 +41,18 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+def _in_session(fn: Any, /, **kwargs: Any) -> Any:
+    """Run a service function in one transaction; a refusal ends the command with its reason."""
+    from chargedesk.db import session_scope
+    from chargedesk.errors import DomainError
+
+    try:
+        with session_scope(_engine()) as session:
+            return fn(session, **kwargs)
+    except DomainError as exc:
+        _fail(str(exc))
+
+
 # ---------------------------------------------------------------- serve
 
 
@@ -183,17 +195,11 @@ def station_add(
         help="Let it connect without Basic auth (chargers without security profile 1)")] = False,
 ) -> None:
     """Register a station, with its security-profile-1 password."""
-    from chargedesk.db import session_scope
     from station_api import service
 
     if password is None and not insecure_no_password:
         _fail("give --password, or --insecure-no-password to let it connect without one")
-
-    try:
-        with session_scope(_engine()) as session:
-            service.register_station(session, station_id=station_id, password=password)
-    except service.StationError as exc:
-        _fail(str(exc))
+    _in_session(service.register_station, station_id=station_id, password=password)
     typer.echo(f"station {station_id} registered")
 
 
@@ -203,14 +209,9 @@ def station_password(
     password: Annotated[str, typer.Option(help="The new Basic-auth password (16-40 chars)")],
 ) -> None:
     """Set a station's password; give the station the same key (AuthorizationKey)."""
-    from chargedesk.db import session_scope
     from station_api import service
 
-    try:
-        with session_scope(_engine()) as session:
-            service.set_station_password(session, station_id=station_id, password=password)
-    except service.StationError as exc:
-        _fail(str(exc))
+    _in_session(service.set_station_password, station_id=station_id, password=password)
     typer.echo(f"password of {station_id} changed; it applies from the next connection")
 
 
