@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -30,6 +31,46 @@ class Settings(BaseSettings):
     heartbeat_grace_intervals: int = Field(2, ge=1)
     ocpp_auto_register: bool = False
     command_timeout: float = Field(30.0, gt=0)
+
+    # Billing. Amounts are in the network's currency, written as decimals ("50.00").
+    currency: str = "SEK"
+    # Authorize is refused to a prepaid driver whose available balance is below this.
+    wallet_minimum_balance: Decimal = Decimal("50.00")
+    # A low-balance event is published when a debit takes the balance below this.
+    wallet_low_balance: Decimal = Decimal("100.00")
+    # Set aside from the wallet when a prepaid session starts, settled at its stop.
+    wallet_hold_amount: Decimal = Decimal("200.00")
+    invoice_series: str = "F"
+    credit_note_series: str = "K"
+    invoice_due_days: int = Field(14, ge=0)
+    # The monthly invoice run: day of month and hour, local time.
+    invoice_run_day: int = Field(1, ge=1, le=28)
+    invoice_run_hour: int = Field(3, ge=0, le=23)
+    # Failed collections of one invoice before the driver's id tags are blocked.
+    dunning_block_after: int = Field(3, ge=1)
+
+    # The seller, as printed on invoices (ML 2023:200 17 kap. 24 §).
+    seller_name: str = "ChargeDesk Demo AB"
+    seller_address: str = "Kungsgatan 1\n111 43 Stockholm\nSverige"
+    seller_org_number: str = "556677-8899"
+    seller_vat_number: str = "SE556677889901"
+    seller_bankgiro: str = "5050-1055"
+    seller_email: str = "faktura@chargedesk.example"
+    # Bankgirot Autogiro: our customer number (kundnummer, 6 digits) and bankgiro.
+    autogiro_customer_number: str = "123456"
+    # SEPA Direct Debit: creditor identifier and the account collections are paid into.
+    sepa_creditor_id: str = "DE98ZZZ09999999999"
+    sepa_creditor_name: str = "ChargeDesk Demo AB"
+    sepa_iban: str = "DE89370400440532013000"
+    sepa_bic: str = "COBADEFFXXX"
+
+    # Outgoing e-mail (invoices, reminders). Empty host: messages are kept queued, unsent.
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_starttls: bool = False
+    smtp_from: str = "ChargeDesk <faktura@chargedesk.example>"
 
     def resolved_database_url(self) -> str:
         if self.database_url:

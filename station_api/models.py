@@ -20,10 +20,24 @@ class Registration(StrEnum):
     decommissioned = "decommissioned"
 
 
+class Site(SQLModel, table=True):
+    """A place with stations: one address, one local time zone, one grid connection."""
+
+    __tablename__ = "site"
+
+    id: str = Field(primary_key=True, max_length=48)
+    name: str = Field(max_length=120)
+    address: str | None = Field(default=None, max_length=300)
+    # IANA name: tariffs' time-of-day restrictions and what drivers are shown use it.
+    time_zone: str = Field(default="Europe/Stockholm", max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
 class Station(SQLModel, table=True):
     __tablename__ = "station"
 
     id: str = Field(primary_key=True, max_length=48, description="OCPP charge point identity")
+    site_id: str | None = Field(default=None, foreign_key="site.id", max_length=48, index=True)
     registration: Registration = Field(
         default=Registration.accepted, sa_type=EnumText(Registration)
     )
