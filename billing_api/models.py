@@ -224,6 +224,23 @@ class ChargingSession(SQLModel, table=True):
     invoice_id: int | None = Field(default=None, foreign_key="invoice.id", index=True)
 
 
+class SessionCostLine(SQLModel, table=True):
+    """A rated session's cost line (the CDR's cost_breakdown, plus any min/max price
+    adjustment), kept as rows so invoice runs and revenue reports aggregate in SQL.
+    Replaced when the session is rated again."""
+
+    __tablename__ = "session_cost_line"
+
+    id: int | None = Field(default=None, primary_key=True)
+    session_id: int = Field(foreign_key="charging_session.id", index=True)
+    dimension: str = Field(max_length=20)  # ENERGY, TIME, PARKING_TIME, FLAT, ADJUSTMENT
+    quantity: Decimal = Field(sa_column=Column(Numeric(20, 6), nullable=False))
+    unit: str = Field(max_length=16)
+    unit_price: Decimal = Field(sa_column=Column(Numeric(20, 6), nullable=False))
+    net_ore: int
+    vat_rate: Decimal | None = Field(default=None, sa_column=Column(Numeric(5, 2)))
+
+
 # ---------------------------------------------------------------- invoices
 
 

@@ -15,7 +15,7 @@ from billing_api.models import TariffAssignment, TariffVersion
 from billing_api.tariffs import Tariff, parse_tariff
 from chargedesk import errors
 from chargedesk.types import utcnow
-from station_api.models import Station
+from station_api.models import Site, Station
 
 
 class BillingError(errors.DomainError):
@@ -98,19 +98,25 @@ def assign_tariff(
     *,
     tariff_id: str,
     created_by: str,
+    site_id: str | None = None,
     station_id: str | None = None,
     connector_id: int | None = None,
     driver_group: str | None = None,
     valid_from: datetime | None = None,
 ) -> TariffAssignment:
-    """Apply a tariff to a connector, a station or the network, optionally for one group."""
+    """Apply a tariff to a connector, a station, a site or the network, optionally for one
+    driver group."""
     tariff_versions(session, tariff_id=tariff_id)  # raises NotFound
     if connector_id is not None and station_id is None:
         raise BillingError("a connector assignment needs its station")
+    if site_id is not None and station_id is not None:
+        raise BillingError("assign to a site or to a station, not both")
     if station_id is not None and session.get(Station, station_id) is None:
         raise NotFound(f"no station {station_id}")
+    if site_id is not None and session.get(Site, site_id) is None:
+        raise NotFound(f"no site {site_id}")
     row = TariffAssignment(
-        tariff_id=tariff_id, station_id=station_id, connector_id=connector_id,
+        tariff_id=tariff_id, site_id=site_id, station_id=station_id, connector_id=connector_id,
         driver_group=driver_group, valid_from=valid_from or utcnow(), created_by=created_by,
     )
     session.add(row)
@@ -128,17 +134,20 @@ def tariff_in_force(
 ) -> TariffVersion:
     """The tariff version that prices a session starting at ``at`` on this connector.
 
-    The most specific scope wins (connector, then station, then network); within a scope a
+    The most specific scope wins (connector, station, site, network); within a scope a
     driver group's own assignment beats the general one; of equal candidates the newest
     assignment valid at ``at``. The version is the newest one valid at ``at``.
     """
     at = at or utcnow()
     groups = [None] if driver_group is None else [driver_group, None]
+    station = session.get(Station, station_id)
+    site_id = station.site_id if station is not None else None
     candidates = session.exec(
         select(TariffAssignment).where(
             TariffAssignment.valid_from <= at,
             (col(TariffAssignment.station_id).is_(None))
             | (TariffAssignment.station_id == station_id),
+            (col(TariffAssignment.site_id).is_(None)) | (TariffAssignment.site_id == site_id),
         )
     ).all()
 
@@ -147,7 +156,12 @@ def tariff_in_force(
             return None
         if a.connector_id is not None and a.connector_id != connector_id:
             return None
-        scope = 2 if a.connector_id is not None else 1 if a.station_id is not None else 0
+        if a.connector_id is not None:
+            scope = 3
+        elif a.station_id is not None:
+            scope = 2
+        else:
+            scope = 1 if a.site_id is not None else 0
         return scope, int(a.driver_group is not None), a.valid_from, a.id or 0
 
     ranked = [(r, a) for a in candidates if (r := rank(a)) is not None]

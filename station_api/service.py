@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import bindparam, func
 from sqlalchemy.dialects import postgresql, sqlite
@@ -26,6 +27,7 @@ from station_api.models import (
     IdTagStatus,
     MeterSample,
     Registration,
+    Site,
     Station,
     StatusEvent,
     Transaction,
@@ -54,20 +56,74 @@ def register_station(
     station_id: str,
     password: str | None,
     registration: Registration = Registration.accepted,
+    site_id: str | None = None,
 ) -> Station:
     """Register a station; its password (OCPP security profile 1) is stored hashed."""
     if session.get(Station, station_id) is not None:
         raise Conflict(f"station {station_id} already exists")
     if password is not None:
         check_password_rules(password)
+    if site_id is not None:
+        get_site(session, site_id=site_id)
     station = Station(
         id=station_id,
+        site_id=site_id,
         registration=registration,
         password_hash=hash_password(password) if password else None,
     )
     session.add(station)
     session.flush()
     return station
+
+
+def create_site(
+    session: Session, *, site_id: str, name: str, time_zone: str = "Europe/Stockholm",
+    address: str | None = None,
+) -> Site:
+    """A place with stations; its time zone governs tariffs' time-of-day rules there."""
+    if session.get(Site, site_id) is not None:
+        raise Conflict(f"site {site_id} already exists")
+    try:
+        ZoneInfo(time_zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise StationError(
+            f"unknown time zone {time_zone!r}; use an IANA name such as Europe/Stockholm"
+        ) from None
+    site = Site(id=site_id, name=name, time_zone=time_zone, address=address)
+    session.add(site)
+    session.flush()
+    return site
+
+
+def get_site(session: Session, *, site_id: str) -> Site:
+    site = session.get(Site, site_id)
+    if site is None:
+        raise NotFound(f"no site {site_id}")
+    return site
+
+
+def list_sites(session: Session) -> Sequence[Site]:
+    return session.exec(select(Site).order_by(Site.id)).all()
+
+
+def move_station(session: Session, *, station_id: str, site_id: str | None) -> Station:
+    """Put a station on a site (or take it off any site with None)."""
+    station = get_station(session, station_id=station_id)
+    if site_id is not None:
+        get_site(session, site_id=site_id)
+    station.site_id = site_id
+    session.add(station)
+    session.flush()
+    return station
+
+
+def station_time_zone(session: Session, *, station_id: str, default: str) -> str:
+    """The IANA zone of the station's site, or ``default`` for a station on no site."""
+    zone = session.exec(
+        select(Site.time_zone).join(Station, col(Station.site_id) == Site.id)
+        .where(Station.id == station_id)
+    ).first()
+    return zone or default
 
 
 def check_password_rules(password: str) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlmodel import Session
+from sqlmodel import Session, select
 
+from billing_api.invoicing import record_cost_lines
 from billing_api.models import (
     ChargingSession,
     Driver,
@@ -78,7 +80,7 @@ def make_rated_session(
 ) -> ChargingSession:
     """A stopped transaction and its session, rated with :data:`TARIFF` for real."""
     ensure_station(session, station_id)
-    tag = next(t.id_tag for t in session.query(DriverIdTag).filter_by(driver_id=driver.id))
+    tag = session.exec(select(DriverIdTag.id_tag).where(DriverIdTag.driver_id == driver.id)).first()
     end = start + timedelta(minutes=minutes)
     tx = Transaction(station_id=station_id, connector_id=connector_id, id_tag=tag,
                      id_tag_status="Accepted", meter_start_wh=1000, start_timestamp=start,
@@ -100,4 +102,5 @@ def make_rated_session(
     )
     session.add(row)
     session.flush()
+    record_cost_lines(session, row=row, cdr=json.loads(row.cdr or "{}"))
     return row

@@ -2,7 +2,7 @@
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2026-11-24 16:48:58.059623
+Create Date: 2026-11-24 16:54:10.868625
 """
 from collections.abc import Sequence
 
@@ -320,6 +320,21 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_ledger_entry_driver_id'), ['driver_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_ledger_entry_session_id'), ['session_id'], unique=False)
 
+    op.create_table('session_cost_line',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('session_id', sa.Integer(), nullable=False),
+    sa.Column('dimension', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
+    sa.Column('quantity', sa.Numeric(precision=20, scale=6), nullable=False),
+    sa.Column('unit', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('unit_price', sa.Numeric(precision=20, scale=6), nullable=False),
+    sa.Column('net_ore', sa.Integer(), nullable=False),
+    sa.Column('vat_rate', sa.Numeric(precision=5, scale=2), nullable=True),
+    sa.ForeignKeyConstraint(['session_id'], ['charging_session.id'], ),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('session_cost_line', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_session_cost_line_session_id'), ['session_id'], unique=False)
+
     op.create_table('dispute',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('session_id', sa.Integer(), nullable=False),
@@ -374,6 +389,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_dispute_driver_id'))
 
     op.drop_table('dispute')
+    with op.batch_alter_table('session_cost_line', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_session_cost_line_session_id'))
+
+    op.drop_table('session_cost_line')
     with op.batch_alter_table('ledger_entry', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_ledger_entry_session_id'))
         batch_op.drop_index(batch_op.f('ix_ledger_entry_driver_id'))
