@@ -343,7 +343,7 @@ def run_invoices(
     today: date | None = None,
     batch_size: int = 1000,
     on_batch: Callable[[int, int], None] | None = None,
-    after_invoice: Callable[[Session, Invoice], None] | None = None,
+    after_batch: Callable[[Session, list[int]], None] | None = None,
 ) -> RunReport:
     """Invoice every driver with rated, unbilled sessions that ended before the period's end.
 
@@ -390,7 +390,7 @@ def run_invoices(
                     session, driver_ids=batch, run_id=run_id, period_start=period_start,
                     period_end=period_end, cutoff=cutoff, snapshot=snapshot,
                     issue_date=issue_date, settings=settings, seller=seller,
-                    after_invoice=after_invoice,
+                    after_batch=after_batch,
                 )
             count += made
             total += amount
@@ -419,7 +419,7 @@ def _finish_run(
 def _invoice_batch(
     session: Session, *, driver_ids: list[int], run_id: int, period_start: date,
     period_end: date, cutoff: datetime, snapshot: datetime, issue_date: date,
-    settings: Settings, seller: str, after_invoice: Callable[[Session, Invoice], None] | None,
+    settings: Settings, seller: str, after_batch: Callable[[Session, list[int]], None] | None,
 ) -> tuple[int, int]:
     # Lock the sessions this batch bills: a re-rating that commits meanwhile waits, then
     # finds them invoiced and corrects them with a credit note instead.
@@ -465,11 +465,8 @@ def _invoice_batch(
         .values(invoice_id=bindparam("i")),
         [{"d": driver_id, "i": invoice_id} for driver_id, invoice_id in ids.items()],
     )
-    if after_invoice is not None:
-        for invoice_id in ids.values():
-            row = session.get(Invoice, invoice_id)
-            assert row is not None
-            after_invoice(session, row)
+    if after_batch is not None:
+        after_batch(session, list(ids.values()))
     return len(invoices), sum(i["total_ore"] for i in invoices)
 
 

@@ -112,14 +112,14 @@ def test_a_crashed_run_leaves_no_gap_and_a_rerun_completes_it(engine) -> None:
     seed(engine, drivers=5, sessions_each=1)
     calls = 0
 
-    def crash_on_second_batch(session: Session, invoice: Invoice) -> None:
+    def crash_on_second_batch(session: Session, invoice_ids: list[int]) -> None:
         nonlocal calls
         calls += 1
-        if calls == 3:
+        if calls == 2:
             raise RuntimeError("power cut")
 
     with pytest.raises(RuntimeError):
-        run(engine, batch_size=2, after_invoice=crash_on_second_batch)
+        run(engine, batch_size=2, after_batch=crash_on_second_batch)
     with session_scope(engine) as session:
         assert [i.number for i in session.exec(select(Invoice).order_by(Invoice.number))] == [1, 2]
         failed = session.exec(select(InvoiceRun)).one()
