@@ -119,11 +119,11 @@ def _create_series(session: Session, series: str) -> None:
 
 
 def record_cost_lines(session: Session, *, row: ChargingSession, cdr: dict[str, Any]) -> None:
-    """Store (or replace, after re-rating) a session's cost lines from its CDR."""
+    """Store (or replace, after re-rating) a session's cost lines from its CDR. Credits
+    granted on the session (an approved dispute) are not the tariff's and stay."""
+    table = SessionCostLine.__table__
     session.execute(
-        SessionCostLine.__table__.delete().where(
-            SessionCostLine.__table__.c.session_id == row.id
-        )
+        table.delete().where(table.c.session_id == row.id, table.c.dimension != "CREDIT")
     )
     lines = cost_lines_of(cdr)
     if lines:
@@ -590,6 +590,24 @@ def credit_session(
     row.invoice_id = None
     session.add(row)
     return note
+
+
+def credit_in_full(
+    session: Session, *, invoice: Invoice, reason: str, settings: Settings, created_by: str,
+) -> Invoice:
+    """Reverse every line of an invoice; its sessions are freed to be billed again only
+    through :func:`credit_session`, so a full credit here means the driver owes nothing."""
+    if credited_lines(session, invoice_id=invoice.id or 0):
+        raise BillingError(f"invoice {invoice.display_number} is already partly credited; "
+                           "credit what is left by amount")
+    lines = [
+        LineSpec(dimension=line.dimension, description=line.description,
+                 quantity=-line.quantity, unit=line.unit, unit_price=line.unit_price,
+                 net_ore=-line.net_ore, vat_rate=line.vat_rate, session_id=line.session_id)
+        for line in invoice_lines(session, invoice_id=invoice.id or 0) if line.net_ore > 0
+    ]
+    return issue_credit_note(session, invoice=invoice, lines=lines, reason=reason,
+                             settings=settings, created_by=created_by)
 
 
 def credit_amount(

@@ -391,7 +391,10 @@ class Mandate(SQLModel, table=True):
     signed_on: date | None = None
     # The bank file that sent the mandate to Bankgirot (autogiro), once exported.
     export_file_id: int | None = Field(default=None, foreign_key="bank_file.id")
+    # The file that ended it at Bankgirot: our cancellation (TK03), or their advice.
+    cancel_file_id: int | None = Field(default=None, foreign_key="bank_file.id")
     reason: str | None = Field(default=None, max_length=300)
+    created_by: str = Field(default="system", max_length=120)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
@@ -408,6 +411,7 @@ class Payment(SQLModel, table=True):
     """One attempt to collect an invoice by direct debit."""
 
     __tablename__ = "payment"
+    __table_args__ = (UniqueConstraint("invoice_id", "attempt"),)
 
     id: int | None = Field(default=None, primary_key=True)
     invoice_id: int = Field(foreign_key="invoice.id", index=True)

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     ocpp_auto_register: bool = False
     command_timeout: float = Field(30.0, gt=0)
 
+    # Scheduled jobs (monthly invoice run, e-mail delivery); tests turn them off.
+    scheduler: bool = True
+
     # Billing. Amounts are in the network's currency, written as decimals ("50.00").
     currency: str = "SEK"
     # Authorize is refused to a prepaid driver whose available balance is below this.

@@ -19,6 +19,7 @@ from station_api.models import (
     IdTag,
     IdTagStatus,
     Registration,
+    Site,
     Station,
     StatusEvent,
     UnknownStop,
@@ -50,6 +51,7 @@ class ConnectorOut(BaseModel):
 
 class StationOut(BaseModel):
     id: str
+    site_id: str | None
     registration: Registration
     online: bool
     vendor: str | None
@@ -76,6 +78,7 @@ class StationDetail(StationOut):
 
 class StationCreate(BaseModel):
     id: str = Field(min_length=1, max_length=48, pattern=r"^[A-Za-z0-9._:\-]+$")
+    site_id: str | None = Field(default=None, max_length=48)
     password: str | None = Field(
         default=None,
         min_length=16,
@@ -168,8 +171,40 @@ def list_stations(request: Request, session: SessionDep, _: StaffUser) -> list[d
 
 @router.post("/stations", response_model=StationOut, status_code=status.HTTP_201_CREATED)
 def register_station(body: StationCreate, session: SessionDep, _: OperatorUser) -> dict[str, Any]:
-    station = service.register_station(session, station_id=body.id, password=body.password)
+    station = service.register_station(session, station_id=body.id, password=body.password,
+                                       site_id=body.site_id)
     return _station_out(station, [], False)
+
+
+class SiteIn(BaseModel):
+    id: str = Field(min_length=1, max_length=48, pattern=r"^[A-Za-z0-9._:\-]+$")
+    name: str = Field(min_length=1, max_length=120)
+    address: str | None = Field(default=None, max_length=300)
+    time_zone: str = Field(default="Europe/Stockholm", max_length=64)
+
+
+class StationSite(BaseModel):
+    site_id: str | None = Field(description="The site, or null to take the station off it")
+
+
+@router.get("/sites", response_model=list[Site])
+def list_sites(session: SessionDep, _: StaffUser) -> Any:
+    return service.list_sites(session)
+
+
+@router.post("/sites", response_model=Site, status_code=status.HTTP_201_CREATED)
+def create_site(body: SiteIn, session: SessionDep, _: OperatorUser) -> Any:
+    """A place with stations; its time zone drives tariffs' time-of-day rules there."""
+    return service.create_site(session, site_id=body.id, name=body.name,
+                               address=body.address, time_zone=body.time_zone)
+
+
+@router.put("/stations/{station_id}/site", response_model=StationOut)
+def move_station(station_id: str, body: StationSite, request: Request, session: SessionDep,
+                 _: OperatorUser) -> dict[str, Any]:
+    station = service.move_station(session, station_id=station_id, site_id=body.site_id)
+    connectors = list(service.list_connectors(session, station_ids=[station_id]))
+    return _station_out(station, connectors, central(request).is_online(station_id))
 
 
 @router.get("/stations/{station_id}", response_model=StationDetail)

@@ -2,7 +2,7 @@
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2026-11-24 16:54:10.868625
+Create Date: 2026-11-24 17:07:35.640217
 """
 from collections.abc import Sequence
 
@@ -145,9 +145,12 @@ def upgrade() -> None:
     sa.Column('mandate_reference', sqlmodel.sql.sqltypes.AutoString(length=35), nullable=True),
     sa.Column('signed_on', sa.Date(), nullable=True),
     sa.Column('export_file_id', sa.Integer(), nullable=True),
+    sa.Column('cancel_file_id', sa.Integer(), nullable=True),
     sa.Column('reason', sqlmodel.sql.sqltypes.AutoString(length=300), nullable=True),
+    sa.Column('created_by', sqlmodel.sql.sqltypes.AutoString(length=120), nullable=False),
     sa.Column('created_at', chargedesk.types.UTCDateTime(timezone=True), nullable=False),
     sa.Column('updated_at', chargedesk.types.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['cancel_file_id'], ['bank_file.id'], ),
     sa.ForeignKeyConstraint(['driver_id'], ['driver.id'], ),
     sa.ForeignKeyConstraint(['export_file_id'], ['bank_file.id'], ),
     sa.PrimaryKeyConstraint('id'),
@@ -207,7 +210,8 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['invoice_id'], ['invoice.id'], ),
     sa.ForeignKeyConstraint(['mandate_id'], ['mandate.id'], ),
     sa.ForeignKeyConstraint(['result_file_id'], ['bank_file.id'], ),
-    sa.PrimaryKeyConstraint('id')
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('invoice_id', 'attempt')
     )
     with op.batch_alter_table('payment', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_payment_driver_id'), ['driver_id'], unique=False)
