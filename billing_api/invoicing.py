@@ -58,14 +58,17 @@ LINE_NAMES: dict[Language, dict[str, str]] = {
         "FLAT": "Startavgift", "ENERGY": "Energi", "TIME": "Laddtid",
         "PARKING_TIME": "Parkering (ansluten utan laddning)",
         "ADJUSTMENT": "Justering till lägsta/högsta pris", "CREDIT": "Kreditering",
+        "RESERVATION_FLAT": "Reservationsavgift", "RESERVATION_TIME": "Reservationstid",
     },
     Language.en: {
         "FLAT": "Session fee", "ENERGY": "Energy", "TIME": "Charging time",
         "PARKING_TIME": "Parking (plugged in, not charging)",
         "ADJUSTMENT": "Adjustment to minimum/maximum price", "CREDIT": "Credit",
+        "RESERVATION_FLAT": "Reservation fee", "RESERVATION_TIME": "Reservation time",
     },
 }
-LINE_ORDER = {"FLAT": 0, "ENERGY": 1, "TIME": 2, "PARKING_TIME": 3, "ADJUSTMENT": 4}
+LINE_ORDER = {"RESERVATION_FLAT": 0, "RESERVATION_TIME": 1, "FLAT": 2, "ENERGY": 3, "TIME": 4,
+              "PARKING_TIME": 5, "ADJUSTMENT": 6}
 # The first digit of an OCR reference tells an invoice from a credit note.
 OCR_PREFIX = {InvoiceKind.invoice: "1", InvoiceKind.credit_note: "2"}
 
@@ -135,7 +138,9 @@ def cost_lines_of(cdr: dict[str, Any]) -> list[dict[str, Any]]:
     """A CDR's cost lines as column values, the price-limit adjustment included."""
     lines = [
         {
-            "dimension": line["dimension"],
+            # A reservation's time must not merge with charging time at the same price.
+            "dimension": f"RESERVATION_{line['dimension']}" if line.get("reservation")
+            else line["dimension"],
             "quantity": Decimal(str(line["quantity"])),
             "unit": line["unit"],
             "unit_price": Decimal(str(line["unit_price"])),

@@ -19,8 +19,27 @@ comes from:
   min_kwh/min_power/min_current inclusive and max_kwh/max_power/max_current exclusive (the spec
   leaves equality open; this choice makes "max 32 A" / "min 32 A" elements partition the range).
   kWh thresholds count energy consumed since plug-in; power and current are the sample's
-  instantaneous values, held until the next sample. Elements with a ``reservation`` restriction
-  describe reservation costs and never apply to a metered charging session.
+  instantaneous values, held until the next sample.
+* **Reservations** (Tariffs, "TariffRestrictions class" ``reservation``,
+  "ReservationRestrictionType" and its note; CDRs, ``total_reservation_cost``, CdrDimensionType
+  RESERVATION_TIME): elements with a ``reservation`` restriction never price charging; they
+  price a reservation given in the session input (``"reservation": {"reserved_at": ...}``),
+  which "starts when the reservation is made, and ends when the driver starts charging" (the
+  first sample) "or when the reservation expires" (``"expired": true`` with ``"expires_at"``
+  and no samples). Only FLAT (once) and TIME (the reservation's duration) apply. A used
+  reservation is priced by RESERVATION elements; an expired one, per dimension, by the first
+  matching RESERVATION_EXPIRES element, else the first matching RESERVATION element (the note:
+  with both pricing TIME, expired time is priced by RESERVATION_EXPIRES; the spec's example
+  "reservation price and expire fee" bills RESERVATION time plus the RESERVATION_EXPIRES fee).
+  Their other restrictions are evaluated along the reservation as for charging: clock in local
+  time, duration since ``reserved_at``, zero kWh, power and current (nothing flows while
+  reserved). step_size applies once to the reservation time, apart from charging time. The CDR
+  starts at ``reserved_at`` ("in-case of a reservation (before the start of a session) the
+  start of the reservation"); reservation periods carry RESERVATION_TIME; reservation lines
+  are marked ``reservation`` and summed in ``total_reservation_cost``, not in the fixed or time
+  costs; ``total_time`` stays the session's. The tariff must be valid at ``reserved_at``, when
+  the driver accepted it. min_price/max_price bound a session's total including its
+  reservation; an expired reservation is no charging session, so they do not apply to it.
 * **TIME vs PARKING_TIME** (Tariffs, "TariffDimensionType"): TIME is time charging, PARKING_TIME
   time not charging. Status Charging and SuspendedEVSE (the station, not the car, paused) count
   as charging; SuspendedEV and Finishing (car full or transaction over, still plugged) count as
@@ -98,6 +117,7 @@ TIME = TariffDimensionType.TIME
 PARKING_TIME = TariffDimensionType.PARKING_TIME
 
 CHARGING, PARKING, IDLE = "charging", "parking", "idle"
+RESERVED = "reserved"  # the state of a reservation's periods, and its subtotal's key
 STATE_OF_STATUS = {
     "Charging": CHARGING,
     "SuspendedEVSE": CHARGING,
@@ -115,6 +135,7 @@ ONE_MICROSECOND = timedelta(microseconds=1)
 MICROS_PER_HOUR = 3_600_000_000
 MICROS_PER_SECOND = 1_000_000
 WH_PER_KWH = 1000
+ZERO_MONEY = cents_to_decimal(0)
 UNIT_OF = {ENERGY: "kWh", TIME: "h", PARKING_TIME: "h", FLAT: "session"}
 
 
@@ -144,24 +165,46 @@ class Sample(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class Reservation:
+    """A reservation before the session, from ``reserved_at`` until charging starts (the first
+    sample); when ``expired``, until ``expires_at`` with no session at all."""
+
+    reserved_at_us: int
+    expires_at_us: int | None
+    expired: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Session:
-    """A parsed metering timeline: first sample at plug-in, last at unplug."""
+    """A parsed metering timeline: first sample at plug-in, last at unplug; possibly after a
+    reservation, or only an expired reservation (then without samples)."""
 
     time_zone: ZoneInfo
     samples: tuple[Sample, ...]
+    reservation: Reservation | None = None
 
     @property
     def start(self) -> datetime:
+        if self.reservation is not None:
+            return _utc(self.reservation.reserved_at_us)
         return _utc(self.samples[0].at_us)
 
     @property
     def end(self) -> datetime:
+        if not self.samples and self.reservation is not None:
+            return _utc(self.reservation.expires_at_us or self.reservation.reserved_at_us)
         return _utc(self.samples[-1].at_us)
 
 
 def parse_session(data: Mapping[str, Any]) -> Session:
     """Validate a station's report ``{"time_zone": ..., "samples": [...]}`` once, into plain
-    numbers; raise :class:`InvalidSessionError` saying which sample is wrong and why."""
+    numbers; raise :class:`InvalidSessionError` saying which sample is wrong and why.
+
+    An optional ``"reservation"`` prices a reservation made before the session:
+    ``{"reserved_at": ISO 8601}`` when charging followed (it ends at the first sample; an
+    ``"expires_at"`` may be given and must not be before that sample), or
+    ``{"reserved_at": ..., "expires_at": ..., "expired": true}`` for one that ran out unused,
+    which has no samples."""
     if not isinstance(data, Mapping):
         raise InvalidSessionError("a session must be an object with time_zone and samples")
     zone_name = data.get("time_zone")
@@ -174,11 +217,94 @@ def parse_session(data: Mapping[str, Any]) -> Session:
             f"unknown time_zone {zone_name!r}; use an IANA name such as Europe/Stockholm"
         ) from None
     raw = data.get("samples")
+    reservation = data.get("reservation")
+    if reservation is not None:
+        return _parse_reserved(zone, raw, reservation)
     if not isinstance(raw, Sequence) or isinstance(raw, str | bytes) or len(raw) < 2:
         raise InvalidSessionError(
             "samples must be a list of at least two readings: at plug-in and at unplug"
         )
     return Session(time_zone=zone, samples=_parse_samples(raw))
+
+
+RESERVATION_FIELDS = ("reserved_at", "expires_at", "expired")
+
+
+def _parse_reserved(zone: ZoneInfo, raw_samples: object, raw: object) -> Session:
+    if not isinstance(raw, Mapping):
+        raise InvalidSessionError(
+            "reservation must be an object: {\"reserved_at\": ...}, plus \"expires_at\" and"
+            " \"expired\": true for a reservation that ran out without charging"
+        )
+    unknown = sorted(str(key) for key in raw if key not in RESERVATION_FIELDS)
+    if unknown:
+        raise InvalidSessionError(
+            f"reservation: unknown field {', '.join(unknown)}; expected "
+            + ", ".join(RESERVATION_FIELDS)
+        )
+    if raw.get("reserved_at") is None:
+        raise InvalidSessionError("reservation.reserved_at (when it was made) is missing")
+    reserved_at = _instant("reservation.reserved_at", raw["reserved_at"])
+    expires_at = raw.get("expires_at")
+    expires_at = None if expires_at is None else _instant("reservation.expires_at", expires_at)
+    expired = raw.get("expired", False)
+    if type(expired) is not bool:
+        raise InvalidSessionError(f"reservation.expired must be true or false, not {expired!r}")
+    if expires_at is not None and expires_at <= reserved_at:
+        raise InvalidSessionError(
+            f"reservation.expires_at ({_utc(expires_at).isoformat()}) must be after"
+            f" reserved_at ({_utc(reserved_at).isoformat()})"
+        )
+    if expired:
+        if expires_at is None:
+            raise InvalidSessionError(
+                "an expired reservation needs expires_at: its time is priced until then"
+            )
+        if raw_samples is not None and raw_samples != []:
+            raise InvalidSessionError(
+                "an expired reservation has no charging session: leave samples out, or set"
+                " reservation.expired to false if charging started"
+            )
+        return Session(zone, (), Reservation(reserved_at, expires_at, True))
+    if (
+        not isinstance(raw_samples, Sequence)
+        or isinstance(raw_samples, str | bytes)
+        or len(raw_samples) < 2
+    ):
+        raise InvalidSessionError(
+            "samples must be a list of at least two readings: at plug-in and at unplug"
+            " (a reservation that expired unused has none: set reservation.expired to true)"
+        )
+    samples = _parse_samples(raw_samples)
+    first = samples[0].at_us
+    if first < reserved_at:
+        raise InvalidSessionError(
+            f"reservation.reserved_at ({_utc(reserved_at).isoformat()}) is after the first"
+            f" sample ({_utc(first).isoformat()}); a reservation ends when charging starts"
+        )
+    if expires_at is not None and first > expires_at:
+        raise InvalidSessionError(
+            f"charging started ({_utc(first).isoformat()}) after the reservation expired"
+            f" ({_utc(expires_at).isoformat()}); rate the expired reservation on its own"
+            " (expired: true) and the session without it"
+        )
+    return Session(zone, samples, Reservation(reserved_at, expires_at, False))
+
+
+def _instant(name: str, value: object) -> int:
+    """µs since the epoch of an ISO 8601 date and time with a UTC offset."""
+    if isinstance(value, datetime):
+        moment = value
+    else:
+        try:
+            moment = datetime.fromisoformat(value) if isinstance(value, str) else None
+        except ValueError:
+            moment = None
+        if moment is None:
+            raise InvalidSessionError(f"{name}: {value!r} is not an ISO 8601 date and time")
+    if moment.utcoffset() is None:
+        raise InvalidSessionError(f"{name}: {value!r} has no UTC offset; add Z or +01:00")
+    return (moment - EPOCH) // ONE_MICROSECOND
 
 
 NAIVE_EPOCH = datetime(1970, 1, 1)
@@ -358,6 +484,8 @@ class CostLine:
     unit_price: Decimal  # excl. VAT, as in the tariff
     amount: Decimal  # excl. VAT, rounded to 0.01
     vat_rate: Decimal | None  # percent; None means no VAT applicable
+    # RESERVATION or RESERVATION_EXPIRES for a line pricing a reservation, else None.
+    reservation: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,6 +515,8 @@ class Cdr:
     cost_breakdown: tuple[CostLine, ...]
     vat: tuple[VatLine, ...]
     price_limit_adjustment: Price | None
+    # Set whenever the session input had a reservation (zero when the tariff prices none).
+    total_reservation_cost: Price | None = None
 
     def to_ocpi(self) -> dict[str, Any]:
         """OCPI CDR fields this engine owns (Decimals kept), plus cost_breakdown and vat."""
@@ -413,6 +543,8 @@ class Cdr:
                 out[name] = value.to_ocpi()
         if self.total_parking_cost is not None:
             out["total_parking_cost"] = self.total_parking_cost.to_ocpi()
+        if self.total_reservation_cost is not None:
+            out["total_reservation_cost"] = self.total_reservation_cost.to_ocpi()
         out["cost_breakdown"] = [
             {
                 "dimension": line.dimension,
@@ -426,6 +558,10 @@ class Cdr:
             }
             for line in self.cost_breakdown
         ]
+        if self.total_reservation_cost is not None:
+            for line, shown in zip(self.cost_breakdown, out["cost_breakdown"], strict=True):
+                if line.reservation is not None:
+                    shown["reservation"] = line.reservation
         out["vat"] = [{"rate": v.rate, "base": v.base, "amount": v.amount} for v in self.vat]
         if self.price_limit_adjustment is not None:
             out["price_limit_adjustment"] = self.price_limit_adjustment.to_ocpi()
@@ -458,16 +594,39 @@ def rate(tariff: Tariff | Mapping[str, Any], session: Session | Mapping[str, Any
     tariff = tariff if isinstance(tariff, Tariff) else parse_tariff(dict(tariff))
     session = session if isinstance(session, Session) else parse_session(session)
     compiled = tariff.compiled()
-    columns = _Columns(*zip(*session.samples, strict=True))
     _check_applicable(tariff, compiled, session)
+    if session.reservation is not None:
+        return _rate_reserved(tariff, compiled, session, session.reservation)
+    columns = _Columns(*zip(*session.samples, strict=True))
     if compiled.needs_power or compiled.needs_current:
         _check_measurements(compiled, session)
     walk = _walk(compiled, session.time_zone, columns)
     return _bill(tariff, columns, walk)
 
 
+def _rate_reserved(
+    tariff: Tariff, compiled: CompiledTariff, session: Session, reservation: Reservation
+) -> Cdr:
+    """A session after a reservation, or an expired reservation alone (no samples)."""
+    if reservation.expired:
+        assert reservation.expires_at_us is not None  # parse_session insists
+        reserved = _price_reservation(
+            compiled, session.time_zone, reservation, reservation.expires_at_us, tariff.id
+        )
+        return _bill_expired(tariff, reservation, reserved)
+    columns = _Columns(*zip(*session.samples, strict=True))
+    if compiled.needs_power or compiled.needs_current:
+        _check_measurements(compiled, session)
+    walk = _walk(compiled, session.time_zone, columns)
+    reserved = _price_reservation(
+        compiled, session.time_zone, reservation, columns.times[0], tariff.id
+    )
+    return _bill(tariff, columns, walk, reserved)
+
+
 def _check_applicable(tariff: Tariff, compiled: CompiledTariff, session: Session) -> None:
-    start_us = session.samples[0].at_us
+    reservation = session.reservation
+    start_us = session.samples[0].at_us if reservation is None else reservation.reserved_at_us
     if compiled.valid_from_us is not None and start_us < compiled.valid_from_us:
         raise TariffNotApplicableError(
             f"tariff {tariff.id!r} only applies from {tariff.start_date_time.isoformat()};"  # type: ignore[union-attr]
@@ -662,15 +821,18 @@ def _in_force(
 def _context(
     compiled: CompiledTariff, zone: ZoneInfo, columns: _Columns, index: int, at: Exact
 ) -> _Context:
-    clock = None
-    if compiled.uses_clock:
-        local = _utc(int(at)).astimezone(zone)
-        us_of_day = (
-            (local.hour * 60 + local.minute) * 60 + local.second
-        ) * MICROS_PER_SECOND + local.microsecond
-        clock = (us_of_day, local.date())
+    clock = _local_clock(zone, at) if compiled.uses_clock else None
     consumed = _energy_at(columns, index, at) - columns.energies[0] if compiled.uses_energy else 0
     return _Context(clock, consumed, at - columns.times[0])
+
+
+def _local_clock(zone: ZoneInfo, at: Exact) -> tuple[int, date]:
+    """The local µs of day and local date of an instant, as clock restrictions read them."""
+    local = _utc(int(at)).astimezone(zone)
+    us_of_day = (
+        (local.hour * 60 + local.minute) * 60 + local.second
+    ) * MICROS_PER_SECOND + local.microsecond
+    return us_of_day, local.date()
 
 
 def _walk(compiled: CompiledTariff, zone: ZoneInfo, columns: _Columns) -> _Walk:
@@ -767,26 +929,29 @@ VOLUME_PER_UNIT = {ENERGY: WH_PER_KWH, TIME: MICROS_PER_HOUR, PARKING_TIME: MICR
 VOLUME_PER_STEP = {ENERGY: 1, TIME: MICROS_PER_SECOND, PARKING_TIME: MICROS_PER_SECOND}
 
 
-def _bill(tariff: Tariff, columns: _Columns, walk: _Walk) -> Cdr:
+def _bill(
+    tariff: Tariff, columns: _Columns, walk: _Walk, reserved: _Reserved | None = None
+) -> Cdr:
     priced: list[_Priced] = []
     if walk.flat is not None:
         priced.append(_flat_line(walk.flat))
-    for line in _volumes(walk.periods):
-        scale = VOLUME_PER_UNIT[line.component.dimension]
-        priced.append(_cost_line(line.component, line.billed, line.measured, scale))
+    _price_volumes(priced, walk.periods)
+    subtotals = _subtotals(priced)
+    if reserved is not None:
+        priced = reserved.priced + priced  # in time order: the reservation came first
     vat_lines, vat_cents = _vat(priced)
     net_cents = sum(item.cents for item in priced)
     net = cents_to_decimal(net_cents)
     total, adjustment = _apply_price_limits(tariff, net, cents_to_decimal(net_cents + vat_cents))
-    subtotals = _subtotals(priced)
     times, energies, powers, currents = columns.times, columns.energies, *columns[2:4]
     parking_us = sum((p.duration_us for p in walk.periods if p.state == PARKING), 0)
+    periods = tuple([_cdr_period(p, powers, currents, tariff.id) for p in walk.periods])
     return Cdr(
         tariff_id=tariff.id,
         currency=tariff.currency,
-        start_date_time=_utc(times[0]),
+        start_date_time=_utc(times[0] if reserved is None else reserved.start_us),
         end_date_time=_utc(times[-1]),
-        charging_periods=tuple([_cdr_period(p, powers, currents, tariff.id) for p in walk.periods]),
+        charging_periods=periods if reserved is None else reserved.periods + periods,
         total_cost=total,
         total_fixed_cost=subtotals.get(FLAT),
         total_energy=quantity(energies[-1] - energies[0], WH_PER_KWH),
@@ -798,6 +963,100 @@ def _bill(tariff: Tariff, columns: _Columns, walk: _Walk) -> Cdr:
         cost_breakdown=tuple([item.line for item in priced]),
         vat=vat_lines,
         price_limit_adjustment=adjustment,
+        total_reservation_cost=None if reserved is None else reserved.total,
+    )
+
+
+def _price_volumes(priced: list[_Priced], periods: list[_Period]) -> None:
+    for line in _volumes(periods):
+        scale = VOLUME_PER_UNIT[line.component.dimension]
+        priced.append(_cost_line(line.component, line.billed, line.measured, scale))
+
+
+class _Reserved(NamedTuple):
+    """A reservation priced: its cost lines, CDR periods and total."""
+
+    start_us: int
+    end_us: int
+    priced: list[_Priced]
+    periods: tuple[ChargingPeriod, ...]
+    total: Price
+
+
+def _price_reservation(
+    compiled: CompiledTariff, zone: ZoneInfo, reservation: Reservation, end_us: int,
+    tariff_id: str,
+) -> _Reserved:
+    """Price the reservation from ``reserved_at`` to ``end_us`` with its own elements: TIME
+    piece by piece between the instants its restrictions may change (local clock, duration
+    since reserved_at), FLAT once from the first element matching at any point."""
+    start_us = reservation.reserved_at_us
+    elements = compiled.reservation_expired if reservation.expired else compiled.reservation
+    time_elements, flat_elements = elements[TIME], elements[FLAT]
+    minutes = compiled.reservation_clock_minutes
+    cuts: set[int] = {start_us + mark for mark in compiled.reservation_duration_marks_us}
+    if minutes:
+        first_day = _utc(start_us).astimezone(zone).toordinal() - 1
+        last_day = _utc(end_us).astimezone(zone).toordinal() + 1
+        cuts.update(_clock_instants(zone, first_day, last_day, minutes))
+    bounds = [start_us, *sorted(cut for cut in cuts if start_us < cut < end_us), end_us]
+    periods: list[_Period] = []
+    flat: Component | None = None
+    for a, b in pairwise(bounds):
+        context = _Context(_local_clock(zone, a) if minutes else None, 0, a - start_us)
+        if flat is None and flat_elements:
+            flat = _first(flat_elements, FLAT, context, 0, 0)
+        time = _first(time_elements, TIME, context, 0, 0) if time_elements else None
+        if not periods or periods[-1].time is not time:
+            periods.append(_Period(a, 0, RESERVED, None, time, 0))
+        periods[-1].duration_us += b - a
+    priced = [] if flat is None else [_flat_line(flat)]
+    _price_volumes(priced, periods)
+    total = _subtotals(priced, key=RESERVED).get(RESERVED) or Price(ZERO_MONEY, ZERO_MONEY)
+    return _Reserved(
+        start_us,
+        end_us,
+        priced,
+        tuple(
+            [
+                ChargingPeriod(
+                    _utc(int(p.start_us)),
+                    (_dimension("RESERVATION_TIME", p.duration_us, MICROS_PER_HOUR),),
+                    tariff_id,
+                )
+                for p in periods
+                if p.duration_us  # reserved and plugged in at once: a fee, but no period
+            ]
+        ),
+        total,
+    )
+
+
+def _bill_expired(tariff: Tariff, reservation: Reservation, reserved: _Reserved) -> Cdr:
+    """The CDR of a reservation that expired unused: only reservation costs. min_price and
+    max_price bound a charging session, and there was none."""
+    priced = reserved.priced
+    vat_lines, vat_cents = _vat(priced)
+    net_cents = sum(item.cents for item in priced)
+    nothing = quantity(0, 1)
+    return Cdr(
+        tariff_id=tariff.id,
+        currency=tariff.currency,
+        start_date_time=_utc(reserved.start_us),
+        end_date_time=_utc(reserved.end_us),
+        charging_periods=reserved.periods,
+        total_cost=Price(cents_to_decimal(net_cents), cents_to_decimal(net_cents + vat_cents)),
+        total_fixed_cost=None,
+        total_energy=nothing,
+        total_energy_cost=None,
+        total_time=nothing,
+        total_time_cost=None,
+        total_parking_time=nothing,
+        total_parking_cost=None,
+        cost_breakdown=tuple([item.line for item in priced]),
+        vat=vat_lines,
+        price_limit_adjustment=None,
+        total_reservation_cost=reserved.total,
     )
 
 
@@ -851,6 +1110,7 @@ def _cost_line(component: Component, billed: Exact, measured: Exact, scale: int)
         unit_price=component.price,
         amount=cents_to_decimal(cents),
         vat_rate=component.vat,
+        reservation=component.reservation,
     )
     return _Priced(line, cents, component.vat_ratio)
 
@@ -950,17 +1210,19 @@ def _cent_down(value: Decimal) -> Decimal:
     return value.quantize(Decimal("0.01"), rounding=ROUND_FLOOR)
 
 
-def _subtotals(priced: list[_Priced]) -> dict[str, Price]:
-    """Informational per-dimension totals; incl. VAT rounded from the exact line values, so
-    it may differ by a cent from the apportioned VAT of the invoice total."""
+def _subtotals(priced: list[_Priced], key: str | None = None) -> dict[str, Price]:
+    """Informational per-dimension totals (or one total under ``key``); incl. VAT rounded
+    from the exact line values, so it may differ by a cent from the apportioned VAT of the
+    invoice total."""
     sums: dict[str, list[int]] = {}  # dimension: [net öre, gross öre as numerator, denominator]
     for item in priced:
         rate_num, rate_den = item.vat_ratio
         line_den = 100 * rate_den
         line_num = item.cents * (line_den + rate_num)  # öre x (100 + rate) / 100
-        found = sums.get(item.line.dimension)
+        name = item.line.dimension if key is None else key
+        found = sums.get(name)
         if found is None:
-            sums[item.line.dimension] = [item.cents, line_num, line_den]
+            sums[name] = [item.cents, line_num, line_den]
         else:
             found[0] += item.cents
             found[1] = found[1] * line_den + line_num * found[2]

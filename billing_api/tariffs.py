@@ -120,9 +120,28 @@ class TariffRestrictions(_Strict):
         return value
 
 
+RESERVATION_DIMENSIONS = frozenset({TariffDimensionType.FLAT, TariffDimensionType.TIME})
+
+
 class TariffElement(_Strict):
     price_components: Annotated[list[PriceComponent], Field(min_length=1)]
     restrictions: TariffRestrictions | None = None
+
+    @model_validator(mode="after")
+    def _reservation_prices_flat_and_time_only(self) -> TariffElement:
+        # "A reservation can only have: FLAT and TIME TariffDimensions" (TariffRestrictions,
+        # reservation): an ENERGY or PARKING_TIME price there could never be billed, so an
+        # import carrying one is a mistake worth refusing rather than ignoring.
+        if self.restrictions is not None and self.restrictions.reservation is not None:
+            others = sorted(
+                {pc.type.value for pc in self.price_components} - RESERVATION_DIMENSIONS
+            )
+            if others:
+                raise ValueError(
+                    f"an element with a reservation restriction prices only FLAT and TIME,"
+                    f" not {', '.join(others)}"
+                )
+        return self
 
 
 class EnergySource(_Strict):
@@ -269,6 +288,8 @@ class Component:
     step_size: int
     price_ratio: tuple[int, int]  # price_exact as (numerator, denominator)
     vat_ratio: tuple[int, int]  # percent; (0, 1) when no VAT applies
+    # Set on the components of reservation elements: they price the reservation, not charging.
+    reservation: ReservationRestrictionType | None = None
 
 
 def _minute_of_day(clock: str | None) -> int | None:
@@ -301,12 +322,17 @@ class CompiledElement:
     max_power_w: Exact | None
     min_duration_us: int | None
     max_duration_us: int | None
-    for_reservation: bool
+    reservation: ReservationRestrictionType | None
     uses_clock: bool
+
+    @property
+    def for_reservation(self) -> bool:
+        return self.reservation is not None
 
     @classmethod
     def build(cls, index: int, element: TariffElement) -> CompiledElement:
         components: dict[TariffDimensionType, Component] = {}
+        reservation = element.restrictions.reservation if element.restrictions else None
         for pc in element.price_components:
             # An element listing the same dimension twice is malformed; the first one wins,
             # mirroring the spec's "first element with that dimension" rule.
@@ -314,7 +340,10 @@ class CompiledElement:
             vat = ratio(to_exact(pc.vat)) if pc.vat else (0, 1)
             components.setdefault(
                 pc.type,
-                Component(pc.type, index, pc.price, price, pc.vat, pc.step_size, ratio(price), vat),
+                Component(
+                    pc.type, index, pc.price, price, pc.vat, pc.step_size, ratio(price), vat,
+                    reservation,
+                ),
             )
         r = element.restrictions or TariffRestrictions()
         start_minute, end_minute = _minute_of_day(r.start_time), _minute_of_day(r.end_time)
@@ -336,7 +365,7 @@ class CompiledElement:
             max_power_w=_exact(r.max_power, 1000),
             min_duration_us=None if r.min_duration is None else r.min_duration * MICROS_PER_SECOND,
             max_duration_us=None if r.max_duration is None else r.max_duration * MICROS_PER_SECOND,
-            for_reservation=r.reservation is not None,
+            reservation=r.reservation,
             uses_clock=uses_clock,
         )
 
@@ -398,11 +427,18 @@ class CompiledTariff:
     uses_energy: bool
     needs_power: bool
     needs_current: bool
+    # Reservation pricing, kept apart so sessions without a reservation never look at it:
+    # per dimension (FLAT, TIME) the RESERVATION elements, and the elements an expired
+    # reservation is priced with (RESERVATION_EXPIRES first, then RESERVATION), in order.
+    reservation: dict[TariffDimensionType, tuple[CompiledElement, ...]]
+    reservation_expired: dict[TariffDimensionType, tuple[CompiledElement, ...]]
+    reservation_clock_minutes: tuple[int, ...]
+    reservation_duration_marks_us: tuple[int, ...]
 
 
 def compile_tariff(tariff: Tariff) -> CompiledTariff:
-    """Precompute restriction predicates; reservation elements are left out because a
-    metered charging session carries no reservation (see rating module docstring)."""
+    """Precompute restriction predicates. Reservation elements are compiled apart from the
+    charging ones: they price the time before charging starts (see the rating module)."""
     elements = [
         CompiledElement.build(index, element) for index, element in enumerate(tariff.elements)
     ]
@@ -411,17 +447,13 @@ def compile_tariff(tariff: Tariff) -> CompiledTariff:
         dimension: tuple(e for e in charging if dimension in e.components)
         for dimension in TariffDimensionType
     }
-    minutes: set[int] = set()
-    for e in charging:
-        for boundary in (e.window_start_us, e.window_end_us):
-            if boundary is not None:
-                minutes.add(boundary // (60 * MICROS_PER_SECOND))
-        if e.uses_clock:
-            minutes.add(0)  # dates, weekdays and one-sided windows change at midnight
+    minutes = _clock_minutes(charging)
     energy_marks = {m for e in charging for m in (e.min_wh, e.max_wh) if m is not None}
-    duration_marks = {
-        m for e in charging for m in (e.min_duration_us, e.max_duration_us) if m is not None
-    }
+    duration_marks = _duration_marks(charging)
+    reserving = [e for e in elements if e.reservation is ReservationRestrictionType.RESERVATION]
+    expiring = [
+        e for e in elements if e.reservation is ReservationRestrictionType.RESERVATION_EXPIRES
+    ]
     return CompiledTariff(
         tariff_id=tariff.id,
         valid_from_us=_epoch_us(tariff.start_date_time),
@@ -434,7 +466,38 @@ def compile_tariff(tariff: Tariff) -> CompiledTariff:
         uses_energy=any(e.min_wh is not None or e.max_wh is not None for e in charging),
         needs_power=any(e.min_power_w is not None or e.max_power_w is not None for e in charging),
         needs_current=any(e.min_current is not None or e.max_current is not None for e in charging),
+        reservation={
+            dimension: tuple(e for e in reserving if dimension in e.components)
+            for dimension in RESERVATION_DIMENSIONS
+        },
+        # OCPI 2.2.1 ReservationRestrictionType note: with both kinds pricing TIME, an expired
+        # reservation's time is priced by RESERVATION_EXPIRES; the tariff order decides within
+        # each kind, as everywhere else.
+        reservation_expired={
+            dimension: tuple(e for e in expiring + reserving if dimension in e.components)
+            for dimension in RESERVATION_DIMENSIONS
+        },
+        reservation_clock_minutes=tuple(sorted(_clock_minutes(reserving + expiring))),
+        reservation_duration_marks_us=tuple(
+            sorted(m for m in _duration_marks(reserving + expiring) if m > 0)
+        ),
     )
+
+
+def _clock_minutes(elements: list[CompiledElement]) -> set[int]:
+    """The minutes of the local day at which the elements' clock restrictions may change."""
+    minutes: set[int] = set()
+    for e in elements:
+        for boundary in (e.window_start_us, e.window_end_us):
+            if boundary is not None:
+                minutes.add(boundary // (60 * MICROS_PER_SECOND))
+        if e.uses_clock:
+            minutes.add(0)  # dates, weekdays and one-sided windows change at midnight
+    return minutes
+
+
+def _duration_marks(elements: list[CompiledElement]) -> set[int]:
+    return {m for e in elements for m in (e.min_duration_us, e.max_duration_us) if m is not None}
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -1,20 +1,18 @@
-"""REST under ``/api/v1/billing``: tariffs, their assignments and price lookups."""
+"""REST under ``/api/v1/billing`` for operators and agents: tariffs, drivers, sessions
+(CDRs), wallets and their ledger, invoices and runs, mandates, bank files, disputes."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any
-from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, Field
 
-from billing_api import service
+from billing_api import service, support
 from billing_api.models import TariffAssignment
-from billing_api.pricing import price_sheet
 from billing_api.tariffs import BillingInputError, parse_tariff
 from chargedesk.auth import OperatorUser, SessionDep, StaffUser
-from chargedesk.types import utcnow
 
 router = APIRouter(prefix="/api/v1/billing", tags=["billing"])
 
@@ -29,6 +27,7 @@ class TariffVersionOut(BaseModel):
 
 
 class AssignmentIn(BaseModel):
+    site_id: str | None = Field(default=None, max_length=48)
     station_id: str | None = Field(default=None, max_length=48)
     connector_id: int | None = Field(default=None, ge=1)
     driver_group: str | None = Field(default=None, max_length=40)
@@ -99,17 +98,9 @@ def station_price(
     session: SessionDep,
     _: StaffUser,
     connector_id: Annotated[int | None, Query(ge=1)] = None,
-    driver_group: Annotated[str | None, Query(max_length=40)] = None,
+    driver_id: Annotated[int | None, Query(ge=1)] = None,
 ) -> dict[str, Any]:
-    """Everything a driver pays at this station now: energy, time, session and idle fees."""
-    now = utcnow()
-    row = service.tariff_in_force(
-        session, station_id=station_id, connector_id=connector_id, driver_group=driver_group, at=now
-    )
-    zone = ZoneInfo(request.app.state.runtime.settings.time_zone)
-    return {
-        "station_id": station_id,
-        "connector_id": connector_id,
-        "version": row.version,
-        **price_sheet(service.load(row), at=now, time_zone=zone),
-    }
+    """Everything a driver pays at this station now: energy, time, session and idle fees,
+    VAT; for the driver's group when ``driver_id`` is given."""
+    return support.price_now(session, station_id=station_id, connector_id=connector_id,
+                             driver_id=driver_id, settings=request.app.state.runtime.settings)

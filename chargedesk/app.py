@@ -35,9 +35,13 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
+        from billing_api import subscribers
+
         engine = make_engine(settings.resolved_database_url())
         bus = InMemoryEventBus()
-        return cls(settings, engine, bus, CentralSystem(settings=settings, engine=engine, bus=bus))
+        central = CentralSystem(settings=settings, engine=engine, bus=bus)
+        subscribers.install(engine=engine, bus=bus, settings=settings, central=central)
+        return cls(settings, engine, bus, central)
 
 
 def create_app(
@@ -50,14 +54,21 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from billing_api.scheduled import build_scheduler
+
         tasks = [asyncio.create_task(runtime.central.run_liveness())]
         tasks += [asyncio.create_task(job(runtime)) for job in runtime.jobs]
+        scheduler = build_scheduler(runtime.engine, settings) if settings.scheduler else None
+        if scheduler is not None:
+            scheduler.start()
         # What start-up allocated lives as long as the process: keep it out of the
         # collector's full passes, which otherwise grow with every import.
         gc.freeze()
         try:
             yield
         finally:
+            if scheduler is not None:
+                scheduler.shutdown(wait=False)
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -75,12 +86,14 @@ def create_app(
     app.state.runtime = runtime
     install_handlers(app)
 
+    from billing_api.accounts_views import router as accounts_router
     from billing_api.views import router as billing_router
     from station_api.views import ocpp_router
     from station_api.views import router as stations_router
 
     app.include_router(stations_router)
     app.include_router(billing_router)
+    app.include_router(accounts_router)
     app.include_router(ocpp_router)
 
     @app.get("/healthz", tags=["ops"])

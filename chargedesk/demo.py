@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import random
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import structlog
+from sqlalchemy import Engine
 from sqlmodel import Session, select
 
+from billing_api import invoicing, payments, scheduled, subscribers, wallets
 from billing_api import service as billing
-from billing_api.models import TariffVersion
+from billing_api.models import Driver, DriverIdTag, TariffVersion
 from billing_api.tariffs import parse_tariff
 from chargedesk.auth import create_api_key
+from chargedesk.db import session_scope
 from chargedesk.models import ApiKey, Role
+from chargedesk.settings import Settings
 from chargedesk.types import utcnow
 from station_api import service
-from station_api.models import IdTag, IdTagStatus, Station
+from station_api.models import IdTag, IdTagStatus, Site, Station
 
 log = structlog.get_logger(__name__)
 
@@ -33,9 +39,14 @@ def load_demo() -> dict[str, Any]:
 
 def seed(session: Session, demo: dict[str, Any]) -> None:
     """Create what is missing of the demo network; running it again changes nothing."""
+    for entry in demo.get("sites", []):
+        if session.get(Site, entry["id"]) is None:
+            service.create_site(session, site_id=entry["id"], name=entry["name"],
+                                address=entry.get("address"), time_zone=entry["time_zone"])
     for entry in demo["stations"]:
         if session.get(Station, entry["id"]) is None:
-            service.register_station(session, station_id=entry["id"], password=entry["password"])
+            service.register_station(session, station_id=entry["id"], password=entry["password"],
+                                     site_id=entry.get("site_id"))
     for entry in demo["id_tags"]:
         if session.get(IdTag, entry["id_tag"]) is None:
             service.create_id_tag(
@@ -78,3 +89,106 @@ async def run_demo_stations(url: str, stations: list[dict[str, Any]], id_tags: l
     ]
     await run_fleet(fleet, id_tags=id_tags, session_seconds=(300, 1800),
                     idle_seconds=(10, 120), connect_rate=5)
+
+
+# ---------------------------------------------------------------- billing: drivers and history
+
+HISTORY_SEED = 20261124
+
+
+def seed_drivers(session: Session, demo: dict[str, Any], *, settings: Settings) -> bool:
+    """Drivers with their id tags, wallets and mandates. False when they already exist."""
+    if session.exec(select(Driver)).first() is not None:
+        return False
+    for entry in demo.get("drivers", []):
+        fields = {k: v for k, v in entry.items() if k not in ("id_tags", "top_up", "mandate")}
+        driver = Driver(**fields)
+        session.add(driver)
+        session.flush()
+        for tag in entry["id_tags"]:
+            session.add(DriverIdTag(id_tag=tag, driver_id=driver.id))
+        if entry.get("top_up"):
+            wallets.top_up(session, driver_id=driver.id or 0, amount=Decimal(entry["top_up"]),
+                           idempotency_key="demo-welcome", created_by="demo")
+        if entry.get("mandate"):
+            mandate = payments.create_mandate(session, driver_id=driver.id or 0,
+                                              created_by="demo", **entry["mandate"])
+            payments.activate_mandate(session, mandate_id=mandate.id or 0, created_by="demo")
+    session.flush()
+    return True
+
+
+def seed_history(engine: Engine, demo: dict[str, Any], *, settings: Settings,
+                 today: date) -> int:
+    """Past charging sessions, reported as a station reports them (meter values every five
+    minutes, status changes) and rated through the real engine; then the monthly invoice
+    runs for the months that have ended. Returns the number of sessions made."""
+    plan = demo.get("history", {})
+    rng = random.Random(HISTORY_SEED)
+    stations = [s["id"] for s in demo["stations"]]
+    months = [invoicing.previous_month(today)]
+    for _ in range(plan.get("months", 2) - 1):
+        months.insert(0, invoicing.previous_month(months[0]))
+    made = 0
+    with session_scope(engine) as session:
+        tags = [(link.id_tag, link.driver_id) for link in session.exec(select(DriverIdTag))]
+    for month in months:
+        for id_tag, _ in tags:
+            for _ in range(plan.get("sessions_per_driver_per_month", 4)):
+                start = datetime.combine(month + timedelta(days=rng.randrange(27)),
+                                         time(rng.randrange(6, 21), rng.randrange(60)),
+                                         ZoneInfo(settings.time_zone)).astimezone(UTC)
+                with session_scope(engine) as session:
+                    _past_session(session, rng, station_id=rng.choice(stations),
+                                  id_tag=id_tag, start=start, settings=settings)
+                made += 1
+        scheduled.monthly_invoice_run(engine, settings,
+                                      today=invoicing.period_bounds(month, "UTC")[0])
+    return made
+
+
+def _past_session(session: Session, rng: random.Random, *, station_id: str, id_tag: str,
+                  start: datetime, settings: Settings) -> None:
+    connector = rng.choice((1, 2))
+    register = rng.randrange(1_000_000, 9_000_000)
+    tx, _, _ = service.start_transaction(session, station_id=station_id, connector_id=connector,
+                                         id_tag=id_tag, meter_start_wh=register, timestamp=start)
+    subscribers.start_session(session, transaction_id=tx.id or 0, settings=settings)
+    power_w = rng.choice((7_400, 11_000, 22_000))
+    charging = timedelta(minutes=rng.randrange(20, 150))
+    idle = timedelta(minutes=rng.choice((0, 5, 20, 75)))
+    at, values = start, []
+    service.record_status(session, station_id=station_id, connector_id=connector,
+                          status="Charging", error_code="NoError", timestamp=start)
+    while at < start + charging:
+        step = min(timedelta(minutes=5), start + charging - at)
+        at += step
+        register += int(power_w * step.total_seconds() / 3600)
+        values.append((at, [
+            {"value": str(register), "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
+            {"value": str(power_w), "measurand": "Power.Active.Import", "unit": "W"},
+        ]))
+    service.record_meter_values(session, station_id=station_id, connector_id=connector,
+                                transaction_id=tx.id, meter_values=values)
+    if idle:
+        service.record_status(session, station_id=station_id, connector_id=connector,
+                              status="SuspendedEV", error_code="NoError", timestamp=at)
+    service.stop_transaction(session, station_id=station_id, transaction_id=tx.id or 0,
+                             meter_stop_wh=register, timestamp=at + idle, reason="EVDisconnected")
+    service.record_status(session, station_id=station_id, connector_id=connector,
+                          status="Available", error_code="NoError", timestamp=at + idle)
+    subscribers.settle_session(session, transaction_id=tx.id or 0, settings=settings)
+
+
+def prepare(engine: Engine, demo: dict[str, Any], *, settings: Settings,
+            today: date | None = None) -> str:
+    """Seed everything the demo shows (once) and return a fresh operator key."""
+    with session_scope(engine) as session:
+        seed(session, demo)
+        new_drivers = seed_drivers(session, demo, settings=settings)
+    if new_drivers:
+        today = today or datetime.now(ZoneInfo(settings.time_zone)).date()
+        made = seed_history(engine, demo, settings=settings, today=today)
+        log.info("demo history seeded", sessions=made)
+    with session_scope(engine) as session:
+        return fresh_demo_key(session)
