@@ -68,7 +68,9 @@ def get_db(request: Request):  # type: ignore[no-untyped-def]
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_db)]
+# scope="function": the transaction commits before the response is sent, so a client that
+# acts on a 201 (or a failed commit's 500) always sees what really happened.
+SessionDep = Annotated[Session, Depends(get_db, scope="function")]
 
 
 def require_role(*roles: Role) -> Callable[..., Principal]:
