@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -316,11 +316,18 @@ def _line_specs(driver: Driver, summed: list[Any]) -> list[LineSpec]:
     names = LINE_NAMES[driver.language]
     summed = sorted(summed, key=lambda s: (LINE_ORDER.get(s[0], 9), s[2], s[3] or 0))
     return [
-        LineSpec(dimension=dim, description=names.get(dim, dim), quantity=_trim(qty), unit=unit,
+        LineSpec(dimension=dim, description=names.get(dim, dim),
+                 quantity=_trim(_whole_hours(qty) if unit == "h" else qty), unit=unit,
                  unit_price=_trim(price), net_ore=net,
                  vat_rate=None if rate is None else Decimal(rate))
         for dim, unit, price, rate, qty, net in summed
     ]
+
+
+def _whole_hours(hours: Decimal) -> Decimal:
+    """Sessions' hours come as six-decimal figures (20 min is 0.333333 h); their sum shows
+    to a few seconds, 2.25 h rather than 2.249999 h."""
+    return hours.quantize(Decimal("0.001"), rounding=ROUND_HALF_UP)
 
 
 def _trim(value: Decimal) -> Decimal:
