@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test lint bench-ocpp clean
+.PHONY: run test lint bench-ocpp bench-billing clean
 
 $(BIN)/chargedesk: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ lint: $(VENV)/.dev
 
 bench-ocpp: $(BIN)/chargedesk
 	$(BIN)/chargedesk bench ocpp --stations 1000 --duration 60
+
+bench-billing: $(BIN)/chargedesk
+	$(BIN)/chargedesk bench billing --sessions 1000000
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -463,6 +463,8 @@ def _invoice_batch(
     ids = dict(session.execute(
         insert(Invoice).returning(Invoice.driver_id, Invoice.id, sort_by_parameter_order=True),
         invoices,
+        # Rows with NULLs in different columns still go out as one batched statement.
+        execution_options={"render_nulls": True},
     ).all())
     session.execute(insert(InvoiceLine), [
         {"invoice_id": ids[driver_id], **line}

@@ -11,7 +11,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from sqlalchemy import Column, Numeric, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Numeric, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from chargedesk.types import EnumText, UTCDateTime, utcnow
@@ -277,7 +277,8 @@ class InvoiceRun(SQLModel, table=True):
     period_end: date  # exclusive
     status: str = Field(default="running", max_length=20)  # running, completed, failed
     invoices: int = 0
-    total_ore: int = 0
+    # A month's run over a whole network passes 2^31 öre (21 M SEK).
+    total_ore: int = Field(default=0, sa_type=BigInteger)
     error: str | None = Field(default=None, max_length=1000)
     started_by: str = Field(max_length=120)
     started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -6,6 +6,8 @@ import asyncio
 import json
 import os
 import sys
+from dataclasses import asdict
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,7 +22,8 @@ app = typer.Typer(help="ChargeDesk: support and operations for EV charging netwo
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 apikey_app = typer.Typer(help="API keys for /api/v1.", no_args_is_help=True)
 station_app = typer.Typer(help="Charging stations.", no_args_is_help=True)
-billing_app = typer.Typer(help="Tariffs and rating.", no_args_is_help=True)
+billing_app = typer.Typer(help="Rating, invoice runs, bank files, e-mail.",
+                          no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks; each prints its figures, or one JSON object.",
                         no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -85,18 +88,12 @@ def serve(
 
 def _demo_job(host: str, port: int):  # type: ignore[no-untyped-def]
     from chargedesk import demo as demo_network
-    from chargedesk.db import session_scope
 
     demo = demo_network.load_demo()
 
     async def run(runtime: Any) -> None:
-
-        def prepare(session: Any) -> str:
-            demo_network.seed(session, demo)
-            return demo_network.fresh_demo_key(session)
-
-        with session_scope(runtime.engine) as session:
-            key = prepare(session)
+        key = await asyncio.to_thread(demo_network.prepare, runtime.engine, demo,
+                                      settings=runtime.settings)
         base = f"http://{host}:{port}"
         typer.secho(
             f"\nChargeDesk demo on {base}\n"
@@ -193,14 +190,31 @@ def station_add(
     password: Annotated[str | None, typer.Option(help="OCPP Basic-auth password")] = None,
     insecure_no_password: Annotated[bool, typer.Option(
         help="Let it connect without Basic auth (chargers without security profile 1)")] = False,
+    site: Annotated[str | None, typer.Option(help="The site it stands on")] = None,
 ) -> None:
     """Register a station, with its security-profile-1 password."""
     from station_api import service
 
     if password is None and not insecure_no_password:
         _fail("give --password, or --insecure-no-password to let it connect without one")
-    _in_session(service.register_station, station_id=station_id, password=password)
+    _in_session(service.register_station, station_id=station_id, password=password,
+                site_id=site)
     typer.echo(f"station {station_id} registered")
+
+
+@station_app.command("site")
+def station_site(
+    site_id: str,
+    name: Annotated[str, typer.Option(help="What drivers and operators call it")],
+    time_zone: Annotated[str, typer.Option(help="IANA time zone")] = "Europe/Stockholm",
+    address: Annotated[str | None, typer.Option(help="Street address")] = None,
+) -> None:
+    """Create a site: a place with stations, whose time zone tariffs follow."""
+    from station_api import service
+
+    _in_session(service.create_site, site_id=site_id, name=name, time_zone=time_zone,
+                address=address)
+    typer.echo(f"site {site_id} created")
 
 
 @station_app.command("password")
@@ -323,6 +337,89 @@ def billing_rate(
     typer.echo(cdr.to_json())
 
 
+@billing_app.command("run")
+def billing_run(
+    period: Annotated[str, typer.Option(help="The month to invoice, YYYY-MM "
+                                             "[default: last month]")] = "",
+) -> None:
+    """Run the monthly invoicing now (the service's scheduler does it every month). A period
+    run again invoices only the drivers still without an invoice for it."""
+    from billing_api import invoicing, scheduled
+
+    settings = get_settings()
+    try:
+        start = (date.fromisoformat(f"{period}-01") if period
+                 else invoicing.previous_month(date.today()))
+    except ValueError:
+        _fail(f"period {period!r} is not YYYY-MM")
+    from chargedesk.errors import DomainError
+
+    try:
+        report = invoicing.run_invoices(
+            _engine(), period_start=start, settings=settings, started_by="cli",
+            after_batch=scheduled.after_invoices(settings),
+            on_batch=lambda done, total: _progress(f"{done}/{total} drivers invoiced"))
+    except DomainError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(asdict(report), default=str))
+
+
+@billing_app.command("export")
+def billing_export(
+    kind: Annotated[str, typer.Argument(
+        help="autogiro-mandates | autogiro-payments | sepa-payments")],
+    out: Annotated[Path | None, typer.Option(help="Write the file here too")] = None,
+) -> None:
+    """Write the next file for the bank; it is also kept in the database."""
+    from billing_api import payments
+
+    exports = {"autogiro-mandates": payments.export_autogiro_mandates,
+               "autogiro-payments": payments.export_autogiro_payments,
+               "sepa-payments": payments.export_sepa_payments}
+    if kind not in exports:
+        _fail(f"no export {kind}; choose one of {', '.join(exports)}")
+    made = _in_session(exports[kind], settings=get_settings(), created_by="cli",
+                       today=date.today())
+    if made is None:
+        typer.echo("nothing to send")
+        return
+    if out is not None:
+        out.write_text(made.content, encoding="latin-1" if kind.startswith("autogiro")
+                       else "utf-8", newline="")
+    typer.echo(f"{made.filename}: {made.records} records (bank file {made.id})")
+
+
+@billing_app.command("import")
+def billing_import(
+    kind: Annotated[str, typer.Argument(
+        help="autogiro-mandate-result | autogiro-payment-result")],
+    file: Annotated[Path, typer.Argument(help="The file Bankgirot delivered")],
+) -> None:
+    """Read a result file from Bankgirot into mandate and payment states."""
+    from billing_api import payments
+
+    imports = {"autogiro-mandate-result": payments.import_autogiro_mandate_result,
+               "autogiro-payment-result": payments.import_autogiro_payment_result}
+    if kind not in imports:
+        _fail(f"no import {kind}; choose one of {', '.join(imports)}")
+    summary = _in_session(imports[kind], content=file.read_bytes(), filename=file.name,
+                          created_by="cli", settings=get_settings())
+    typer.echo(json.dumps(asdict(summary), default=str))
+
+
+@billing_app.command("send-email")
+def billing_send_email() -> None:
+    """Queue e-mail for new invoices and deliver what is queued (the service does this every
+    minute)."""
+    from billing_api import mailer
+
+    settings = get_settings()
+    engine = _engine()
+    queued = _in_session(mailer.queue_new_invoices, settings=settings)
+    report = asyncio.run(mailer.deliver_pending(engine, settings))
+    typer.echo(f"{queued} invoice(s) queued; {report.summary}")
+
+
 @bench_app.command("ocpp")
 def bench_ocpp(
     stations: Annotated[int, typer.Option(min=1, help="Simulated stations")] = 1000,
@@ -339,6 +436,34 @@ def bench_ocpp(
     figures = run(stations=stations, duration=duration, command_rate=command_rate,
                   find_limit=find_limit, limit_step=limit_step, progress=_progress)
     typer.echo(json.dumps(figures, indent=None if as_json else 2, default=str))
+
+
+@bench_app.command("billing")
+def bench_billing(
+    sessions: Annotated[int, typer.Option(min=1, help="Sessions to generate and rate")] = 1_000_000,
+    drivers: Annotated[int | None, typer.Option(
+        min=1, help="Drivers invoiced in the monthly run [default: sessions/10]")] = None,
+    database_url: Annotated[str | None, typer.Option(
+        help="An empty database (sqlite:///… allowed) [default: a fresh PostgreSQL schema"
+             " bench_billing on 127.0.0.1:5432/test]")] = None,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="Rating processes [default: CPU count]")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the generated sessions")] = 1,
+    keep: Annotated[bool, typer.Option(help="Keep the schema and rows afterwards")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+) -> None:
+    """Rate sessions in worker processes and run a monthly invoice run, each beside a plain
+    SQL aggregate over the same rows."""
+    from chargedesk.bench.billing import BenchError, run, summary
+
+    try:
+        figures = run(sessions=sessions, drivers=drivers, database_url=database_url,
+                      workers=workers, keep=keep, seed=seed, progress=_progress)
+    except BenchError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(figures, default=str) if as_json else summary(figures))
+    if figures["failures"]:
+        _fail("bench billing failed: " + "; ".join(figures["failures"]))
 
 
 def _progress(text: str) -> None:

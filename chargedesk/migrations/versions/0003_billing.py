@@ -2,7 +2,7 @@
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2026-11-24 17:07:35.640217
+Create Date: 2026-11-24 18:48:54.832044
 """
 from collections.abc import Sequence
 
@@ -56,7 +56,7 @@ def upgrade() -> None:
     sa.Column('period_end', sa.Date(), nullable=False),
     sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
     sa.Column('invoices', sa.Integer(), nullable=False),
-    sa.Column('total_ore', sa.Integer(), nullable=False),
+    sa.Column('total_ore', sa.BigInteger(), nullable=False),
     sa.Column('error', sqlmodel.sql.sqltypes.AutoString(length=1000), nullable=True),
     sa.Column('started_by', sqlmodel.sql.sqltypes.AutoString(length=120), nullable=False),
     sa.Column('started_at', chargedesk.types.UTCDateTime(timezone=True), nullable=False),
