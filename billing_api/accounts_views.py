@@ -300,7 +300,7 @@ def list_invoices(
 ) -> list[dict[str, Any]]:
     rows = invoicing.list_invoices(session, driver_id=driver_id, since=since, until=until,
                                    limit=limit, offset=offset)
-    return [support._invoice_summary(row) | {"driver_id": row.driver_id} for row in rows]
+    return [support.invoice_summary(row) | {"driver_id": row.driver_id} for row in rows]
 
 
 @router.get("/invoices/{invoice_id}")

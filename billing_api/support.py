@@ -7,7 +7,6 @@ so an id cannot be used to probe other drivers' data.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
@@ -151,14 +150,14 @@ def billing_history(
         for row, invoice in rows
     ]
     invoices = [
-        _invoice_summary(i) for i in invoicing.list_invoices(
+        invoice_summary(i) for i in invoicing.list_invoices(
             session, driver_id=driver.id, since=since, until=until, limit=1000)
     ]
     total = sum((s.total_incl_vat or Decimal(0) for s in summaries), Decimal("0.00"))
     return History(driver_id, since, until, summaries, total, invoices)
 
 
-def _invoice_summary(invoice: Invoice) -> dict[str, Any]:
+def invoice_summary(invoice: Invoice) -> dict[str, Any]:
     return {
         "invoice_id": invoice.id, "number": invoice.display_number, "kind": invoice.kind.value,
         "issue_date": invoice.issue_date, "due_date": invoice.due_date,
@@ -348,7 +347,3 @@ def list_disputes(session: Session, *, status: DisputeStatus | None = None
     if status is not None:
         query = query.where(Dispute.status == status)
     return session.exec(query.order_by(col(Dispute.id).desc())).all()
-
-
-def dispute_summary(dispute: Dispute) -> dict[str, Any]:
-    return json.loads(dispute.model_dump_json())
