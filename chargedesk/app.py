@@ -18,6 +18,7 @@ from chargedesk.errors import install_handlers
 from chargedesk.events import InMemoryEventBus
 from chargedesk.logging import configure_logging
 from chargedesk.settings import Settings, get_settings
+from load_manager.controller import LoadController
 from station_api.central import CentralSystem
 
 BackgroundJob = Callable[["Runtime"], Awaitable[None]]
@@ -31,17 +32,20 @@ class Runtime:
     engine: Engine
     bus: InMemoryEventBus
     central: CentralSystem
+    load: LoadController
     jobs: list[BackgroundJob] = field(default_factory=list)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
         from billing_api import subscribers
+        from load_manager import controller
 
         engine = make_engine(settings.resolved_database_url())
         bus = InMemoryEventBus()
         central = CentralSystem(settings=settings, engine=engine, bus=bus)
         subscribers.install(engine=engine, bus=bus, settings=settings, central=central)
-        return cls(settings, engine, bus, central)
+        load = controller.install(engine=engine, bus=bus, central=central, settings=settings)
+        return cls(settings, engine, bus, central, load)
 
 
 def create_app(
@@ -61,6 +65,7 @@ def create_app(
         scheduler = build_scheduler(runtime.engine, settings) if settings.scheduler else None
         if scheduler is not None:
             scheduler.start()
+        runtime.load.start()
         # What start-up allocated lives as long as the process: keep it out of the
         # collector's full passes, which otherwise grow with every import.
         gc.freeze()
@@ -69,6 +74,7 @@ def create_app(
         finally:
             if scheduler is not None:
                 scheduler.shutdown(wait=False)
+            await runtime.load.stop()
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -88,12 +94,14 @@ def create_app(
 
     from billing_api.accounts_views import router as accounts_router
     from billing_api.views import router as billing_router
+    from load_manager.views import router as load_router
     from station_api.views import ocpp_router
     from station_api.views import router as stations_router
 
     app.include_router(stations_router)
     app.include_router(billing_router)
     app.include_router(accounts_router)
+    app.include_router(load_router)
     app.include_router(ocpp_router)
 
     @app.get("/healthz", tags=["ops"])

@@ -67,6 +67,13 @@ class Settings(BaseSettings):
     sepa_iban: str = "DE89370400440532013000"
     sepa_bic: str = "COBADEFFXXX"
 
+    # Load management. TxProfiles last this long and are refreshed at a third of it, so a
+    # station that loses the central system falls back to its safe default by itself.
+    load_profile_validity_s: int = Field(900, ge=60)
+    load_plan_slot_minutes: int = Field(15, ge=5, le=60)
+    # Hourly spot prices (CSV, see data/prices/README.md) charge plans are costed with.
+    price_series: Path = Path(__file__).resolve().parent.parent / "data/prices/SE3_sample.csv"
+
     # Outgoing e-mail (invoices, reminders). Empty host: messages are kept queued, unsent.
     smtp_host: str = ""
     smtp_port: int = 25

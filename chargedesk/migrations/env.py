@@ -6,6 +6,7 @@ from sqlmodel import SQLModel
 
 import billing_api.models  # noqa: F401  (registers tables)
 import chargedesk.models  # noqa: F401
+import load_manager.models  # noqa: F401
 import station_api.models  # noqa: F401
 
 config = context.config
