@@ -23,6 +23,8 @@ from chargedesk.db import session_scope
 from chargedesk.models import ApiKey, Role
 from chargedesk.settings import Settings
 from chargedesk.types import utcnow
+from load_manager import service as load_service
+from load_manager.models import ConnectorWiring, SiteGrid, TagPriority
 from station_api import service
 from station_api.models import IdTag, IdTagStatus, Site, Station
 
@@ -66,6 +68,23 @@ def seed(session: Session, demo: dict[str, Any]) -> None:
                                   valid_from=datetime(2026, 1, 1, tzinfo=UTC))
             billing.assign_tariff(session, tariff_id=tariff.id, created_by="demo",
                                   valid_from=datetime(2026, 1, 1, tzinfo=UTC), **entry["assign"])
+
+
+def seed_load(session: Session, demo: dict[str, Any]) -> None:
+    """Grid limits, wiring and priorities, unless the operator has set them already."""
+    load = demo.get("load", {})
+    for entry in load.get("grids", []):
+        if session.get(SiteGrid, entry["site_id"]) is None:
+            load_service.set_site_grid(
+                session, site_id=entry["site_id"], phase_limit_a=entry.get("phase_limit_a"),
+                power_limit_kw=entry.get("power_limit_kw"), policy=entry["policy"],
+            )
+    for entry in load.get("wiring", []):
+        if session.get(ConnectorWiring, (entry["station_id"], entry["connector_id"])) is None:
+            load_service.set_wiring(session, **entry)
+    for entry in load.get("priorities", []):
+        if session.get(TagPriority, entry["id_tag"]) is None:
+            load_service.set_tag_priority(session, **entry)
 
 
 def fresh_demo_key(session: Session) -> str:
@@ -185,6 +204,7 @@ def prepare(engine: Engine, demo: dict[str, Any], *, settings: Settings,
     """Seed everything the demo shows (once) and return a fresh operator key."""
     with session_scope(engine) as session:
         seed(session, demo)
+        seed_load(session, demo)
         new_drivers = seed_drivers(session, demo, settings=settings)
     if new_drivers:
         today = today or datetime.now(ZoneInfo(settings.time_zone)).date()

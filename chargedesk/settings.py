@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     load_plan_slot_minutes: int = Field(15, ge=5, le=60)
     # Hourly spot prices (CSV, see data/prices/README.md) charge plans are costed with.
     price_series: Path = Path(__file__).resolve().parent.parent / "data/prices/SE3_sample.csv"
+    # The shipped series is a synthetic sample of four weeks: plans outside it use its mean
+    # price per hour of the week. Set false with a real series, so a gap is an error.
+    price_series_repeats_weekly: bool = True
 
     # Outgoing e-mail (invoices, reminders). Empty host: messages are kept queued, unsent.
     smtp_host: str = ""

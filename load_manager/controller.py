@@ -350,9 +350,9 @@ def grid_of(state: SiteState) -> Grid:
     power = None
     if grid.power_limit_kw is not None:
         power = max(0.0, grid.power_limit_kw * 1000 - voltage * sum(used))
-    if grid.phase_limit_a is None:
+    if grid.phase_limit_a is None and power is not None:
         # Only a kW limit: no phase binds before the aggregate does.
-        limits = tuple(math.inf for _ in limits)
+        limits = tuple(power / voltage for _ in limits)
     return Grid(phase_limit_a=limits, power_limit_w=power, voltage_v=voltage)  # type: ignore[arg-type]
 
 

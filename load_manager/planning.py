@@ -12,13 +12,15 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlmodel import Session
 
 from chargedesk.settings import Settings
-from load_manager import lp, service
+from load_manager import lp, prices, service
 from load_manager.service import ActiveConnector, SiteState
 
 Key = tuple[str, int]
@@ -65,9 +67,7 @@ def plan_site(state: SiteState, *, now: datetime, settings: Settings) -> dict[Ke
     if all(math.isfinite(p) for p in phase_kw):
         phase_rows = [[p] * slots for p in phase_kw]
     vehicles = [_vehicle(c, now=now, minutes=minutes, voltage=voltage) for c in planned]
-    from load_manager import prices  # TODO(wire): module-level once prices.py lands
-
-    slot_prices = prices.slot_prices(prices.series(settings.price_series), now, slots, minutes)
+    slot_prices = prices_for(settings, now, slots, minutes, zone=state.time_zone)
     problem = lp.Problem(
         slot_minutes=minutes, capacity_kw=[total_kw if math.isfinite(total_kw) else 1e6] * slots,
         vehicles=vehicles, prices=slot_prices, phase_capacity_kw=phase_rows,
@@ -101,6 +101,32 @@ def plan_site(state: SiteState, *, now: datetime, settings: Settings) -> dict[Ke
             expected_cost_sek=english.cost_sek,
         )
     return result
+
+
+@lru_cache(maxsize=4)
+def _series(path: Path) -> prices.PriceSeries:
+    return prices.load_series(path)
+
+
+@lru_cache(maxsize=4)
+def _profile(path: Path, zone: str) -> tuple[float, ...]:
+    return prices.hour_of_week_profile(_series(path), zone)
+
+
+def prices_for(settings: Settings, start: datetime, slots: int, minutes: int, *, zone: str,
+               ) -> list[float]:
+    """SEK/kWh for each slot from ``start``: the series' own hours, or (only when the
+    settings say the series repeats weekly) its mean price of the same local hour of week."""
+    series = _series(settings.price_series)
+    starts = [start + timedelta(minutes=k * minutes) for k in range(slots)]
+    try:
+        return [series.price_at(at) for at in starts]
+    except prices.MissingPriceError:
+        if not settings.price_series_repeats_weekly:
+            raise
+    profile = _profile(settings.price_series, zone)
+    local = ZoneInfo(zone)
+    return [profile[prices.hour_of_week(at.astimezone(local))] for at in starts]
 
 
 def _vehicle(connector: ActiveConnector, *, now: datetime, minutes: int, voltage: float,
