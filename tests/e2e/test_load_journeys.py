@@ -131,6 +131,12 @@ async def test_two_cars_share_the_site_limit_and_draw_no_more(engine, stations) 
             CommandLog.requested_by == "system:load_manager")).all()
     assert verified is True
     assert {c.station_id for c in audited} == {"LM-1", "LM-2"}
+    for station_id in ("LM-1", "LM-2"):
+        purposes = [c.payload["csChargingProfiles"]["chargingProfilePurpose"]
+                    for c in sorted(audited, key=lambda c: c.id or 0)
+                    if c.station_id == station_id]
+        # The safe default is in place before any limit of the moment.
+        assert purposes[0] == "TxDefaultProfile" and "TxProfile" in purposes
 
 
 async def test_a_station_that_stops_answering_counts_at_its_maximum(engine, stations,
