@@ -38,12 +38,13 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
         from billing_api import subscribers
-        from load_manager import controller
+        from load_manager import controller, usage
 
         engine = make_engine(settings.resolved_database_url())
         bus = InMemoryEventBus()
         central = CentralSystem(settings=settings, engine=engine, bus=bus)
         subscribers.install(engine=engine, bus=bus, settings=settings, central=central)
+        usage.install(engine=engine, bus=bus)
         load = controller.install(engine=engine, bus=bus, central=central, settings=settings)
         return cls(settings, engine, bus, central, load)
 
@@ -94,6 +95,8 @@ def create_app(
 
     from billing_api.accounts_views import router as accounts_router
     from billing_api.views import router as billing_router
+    from load_manager.analytics_views import router as analytics_router
+    from load_manager.dashboard import router as admin_router
     from load_manager.views import router as load_router
     from station_api.views import ocpp_router
     from station_api.views import router as stations_router
@@ -102,6 +105,8 @@ def create_app(
     app.include_router(billing_router)
     app.include_router(accounts_router)
     app.include_router(load_router)
+    app.include_router(analytics_router)
+    app.include_router(admin_router)
     app.include_router(ocpp_router)
 
     @app.get("/healthz", tags=["ops"])

@@ -24,6 +24,7 @@ from chargedesk.models import ApiKey, Role
 from chargedesk.settings import Settings
 from chargedesk.types import utcnow
 from load_manager import service as load_service
+from load_manager import usage
 from load_manager.models import ConnectorWiring, SiteGrid, TagPriority
 from station_api import service
 from station_api.models import IdTag, IdTagStatus, Site, Station
@@ -209,6 +210,8 @@ def prepare(engine: Engine, demo: dict[str, Any], *, settings: Settings,
     if new_drivers:
         today = today or datetime.now(ZoneInfo(settings.time_zone)).date()
         made = seed_history(engine, demo, settings=settings, today=today)
-        log.info("demo history seeded", sessions=made)
+        with session_scope(engine) as session:
+            visits = usage.backfill(session)
+        log.info("demo history seeded", sessions=made, visits=visits)
     with session_scope(engine) as session:
         return fresh_demo_key(session)

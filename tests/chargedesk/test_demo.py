@@ -11,7 +11,7 @@ from billing_api.models import ChargingSession, Invoice
 from chargedesk import demo
 from chargedesk.db import session_scope
 from chargedesk.settings import Settings
-from load_manager.models import ConnectorWiring, SiteGrid, TagPriority
+from load_manager.models import ConnectorWiring, SiteGrid, TagPriority, UsageSession
 
 
 def test_prepare_seeds_every_part_once(engine: Any, settings: Settings) -> None:
@@ -29,3 +29,7 @@ def test_prepare_seeds_every_part_once(engine: Any, settings: Settings) -> None:
         # Four drivers, four sessions a month, two months: seeded once.
         assert len(rated) == 4 * 4 * 2
         assert session.exec(select(Invoice)).first() is not None
+        # The same history as visits, for analytics and the dashboard.
+        visits = session.exec(select(UsageSession)).all()
+        assert len(visits) == len(rated)
+        assert sum(v.energy_wh for v in visits) == sum(r.energy_wh for r in rated)
