@@ -19,8 +19,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from chargedesk.auth import Principal, SessionDep, authenticate_api_key
+from chargedesk.db import session_scope
 from chargedesk.models import Role
 from load_manager import analytics, charts
+from load_manager import service as load_service
 from load_manager.analytics_views import Period, csv_response, period
 
 router = APIRouter(prefix="/admin", tags=["admin"], include_in_schema=False)
@@ -145,8 +147,11 @@ def dashboard(request: Request, user: PageUser, p: PeriodDep) -> Response:
     sites.sort(key=lambda s: -s["utilisation"])
     for s in [s for s in sites if s["id"]][:HEATMAPS_SHOWN]:
         s["heatmap"] = f"{COOKIE_PATH}/charts/heatmap.png?{_query(p, site_id=s['id'])}"
+    with session_scope(request.app.state.runtime.engine) as session:
+        live = [load_service.site_load(session, site_id=g.site_id)
+                for g in load_service.list_site_grids(session)]
     return _render(
-        "admin_dashboard.html", user=user, sites=sites, visits=report.visits,
+        "admin_dashboard.html", user=user, sites=sites, visits=report.visits, live=live,
         start=p.start, end=p.end, bottlenecks=report.bottlenecks[:20],
         recommendations=report.recommendations[:20],
         more_bottlenecks=max(0, len(report.bottlenecks) - 20),

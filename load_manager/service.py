@@ -511,6 +511,30 @@ def _priorities(session: Session, *, tags: set[str]) -> dict[str, int]:
     return result
 
 
+def site_load(session: Session, *, site_id: str) -> dict[str, Any]:
+    """The live picture of a managed site: limits, other load, each connector's limit and
+    outcome, the current per phase those limits allow, and who is counted at maximum."""
+    grid = get_site_grid(session, site_id=site_id)
+    state = site_state(session, site_id=site_id)
+    assert state is not None
+    allocations = list(list_allocations(session, site_id=site_id))
+    use = [0.0, 0.0, 0.0]
+    active = {(c.station_id, c.connector_id): c for c in state.active}
+    for row in allocations:
+        connector = active.get((row.station_id, row.connector_id))
+        if connector is None or row.outcome != "accepted":
+            continue
+        for phase in connector.wiring.site_phases(connector.vehicle_phases):
+            use[phase] += row.limit_a
+    stations = sorted({s for s, _, _ in state.fail_safe})
+    capabilities = {s: capability_reason(session, station_id=s) for s in stations}
+    return {
+        "grid": grid, "other_load_a": state.other_load_a, "allocations": allocations,
+        "phase_use_a": [round(u, 1) for u in use],
+        "fail_safe_stations": [{"station_id": s, "reason": capabilities[s]} for s in stations],
+    }
+
+
 # ------------------------------------------------------------------ charge plans
 
 

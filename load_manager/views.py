@@ -158,32 +158,10 @@ async def set_forecast(
 async def site_load(site_id: str, _: StaffUser, request: Request) -> Any:
     """Live state: limits, what each connector may draw, who is counted at maximum."""
     engine = request.app.state.runtime.engine
-    snapshot = await run_in_session(engine, _site_load, site_id=site_id)
+    snapshot = await run_in_session(engine, service.site_load, site_id=site_id)
     decision = controller(request).last_decision.get(site_id)
     snapshot["last_decision"] = None if decision is None else DecisionOut.of(decision)
     return snapshot
-
-
-def _site_load(session: Any, *, site_id: str) -> dict[str, Any]:
-    grid = service.get_site_grid(session, site_id=site_id)
-    state = service.site_state(session, site_id=site_id)
-    assert state is not None
-    allocations = list(service.list_allocations(session, site_id=site_id))
-    use = [0.0, 0.0, 0.0]
-    active = {(c.station_id, c.connector_id): c for c in state.active}
-    for row in allocations:
-        connector = active.get((row.station_id, row.connector_id))
-        if connector is None or row.outcome != "accepted":
-            continue
-        for phase in connector.wiring.site_phases(connector.vehicle_phases):
-            use[phase] += row.limit_a
-    stations = sorted({s for s, _, _ in state.fail_safe})
-    capabilities = {s: service.capability_reason(session, station_id=s) for s in stations}
-    return {
-        "grid": grid, "other_load_a": state.other_load_a, "allocations": allocations,
-        "phase_use_a": [round(u, 1) for u in use],
-        "fail_safe_stations": [{"station_id": s, "reason": capabilities[s]} for s in stations],
-    }
 
 
 @router.post("/sites/{site_id}/rebalance", response_model=DecisionOut)

@@ -132,3 +132,22 @@ def test_logout_clears_the_cookie_and_is_post_only(browser: httpx.Client,
         "set-cookie"]
     assert COOKIE not in browser.cookies
     assert browser.get("/admin").status_code == 303
+
+
+def test_the_dashboard_shows_live_limits_and_fail_safe_stations(
+        browser: httpx.Client, engine: Any, operator_key: str) -> None:
+    from load_manager import service as load
+
+    seed_network(engine)
+    with session_scope(engine) as session:
+        load.set_site_grid(session, site_id="SITE-A", phase_limit_a=63.0, power_limit_kw=None)
+        load.record_allocation(session, station_id="ST-1", connector_id=1, transaction_id=None,
+                               limit_a=12.5, outcome="rejected")
+        load.set_fail_safe(session, station_id="ST-1", reason="rejected a charging profile")
+    sign_in(browser, operator_key)
+
+    html = browser.get("/admin", params=PERIOD).text
+
+    assert "Load management, live" in html and "63 A per phase" in html
+    assert '<td class="num">12.5</td><td>rejected</td>' in html
+    assert "ST-1 (rejected a charging profile)" in html
