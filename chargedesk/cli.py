@@ -466,6 +466,120 @@ def bench_billing(
         _fail("bench billing failed: " + "; ".join(figures["failures"]))
 
 
+@bench_app.command("schedule")
+def bench_schedule(
+    sessions: Annotated[Path, typer.Option(
+        exists=True, dir_okay=False, help="Sessions CSV (columns of acn_caltech_2019-03.csv)")],
+    capacity_kw: Annotated[str, typer.Option(
+        help="Comma-separated site capacities, kW")] = "10,20,30,40,50,60,70,80",
+    phase_limits: Annotated[bool, typer.Option(
+        help="Also run each capacity with per-phase limits (a third on each phase)")] = True,
+    days: Annotated[float | None, typer.Option(
+        min=0.1, help="Only sessions arriving in the first DAYS days")] = None,
+    replan_runs: Annotated[int, typer.Option(
+        min=1, help="Timed runs of the 500-car re-plan")] = 7,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+) -> None:
+    """Compare charging schedulers on recorded sessions under a capacity sweep; time a 500-car
+    re-plan and a 1,000-connector rebalance."""
+    from chargedesk.bench.schedule import run, summary
+
+    try:
+        capacities = [float(c) for c in capacity_kw.split(",") if c.strip()]
+    except ValueError:
+        _fail(f"--capacity-kw: not a list of numbers: {capacity_kw!r}")
+    if not capacities or any(c <= 0 for c in capacities):
+        _fail("--capacity-kw: give positive capacities")
+    figures = run(sessions_path=sessions, capacities=capacities, phase_limits=phase_limits,
+                  days=days, replan_runs=replan_runs, progress=_progress)
+    typer.echo(json.dumps(figures, default=str) if as_json else summary(figures))
+    if figures["failures"]:
+        _fail("bench schedule missed: " + ", ".join(figures["failures"]))
+
+
+@bench_app.command("analytics")
+def bench_analytics(
+    sessions: Annotated[int, typer.Option(min=1, help="Visits to generate")] = 1_000_000,
+    database_url: Annotated[str | None, typer.Option(
+        help="An empty database (sqlite:///… allowed) [default: a fresh PostgreSQL schema"
+             " bench_analytics on 127.0.0.1:5432/test]")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the generated visits")] = 1,
+    keep: Annotated[bool, typer.Option(help="Keep the schema and rows afterwards")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+) -> None:
+    """Usage analytics over a year of visits learnt from the Trondheim data, beside a plain
+    SQL GROUP BY over the same table."""
+    from chargedesk.bench.analytics import BenchError, run, summary
+
+    try:
+        figures = run(sessions=sessions, database_url=database_url, keep=keep, seed=seed,
+                      progress=_progress)
+    except BenchError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(figures, default=str) if as_json else summary(figures))
+    if figures["failures"]:
+        _fail("bench analytics failed: " + "; ".join(figures["failures"]))
+
+
+# ---------------------------------------------------------------- nlu
+
+nlu_app = typer.Typer(help="The assistant's language understanding.", no_args_is_help=True)
+app.add_typer(nlu_app, name="nlu")
+
+
+@nlu_app.command("train")
+def nlu_train(
+    force: Annotated[bool, typer.Option(help="Train even if a cached model matches")] = False,
+) -> None:
+    """Train the NLU model on assistant/intents (cached under DATA_DIR/models)."""
+    from assistant.nlu import data as nlu_data
+    from assistant.nlu.engine import load_or_train, model_path
+
+    models_dir = get_settings().data_dir / "models"
+    training = nlu_data.load()
+    path = model_path(models_dir, training)
+    cached = path.exists() and not force
+    engine = load_or_train(models_dir, training, force=force)
+    how = "cached, trained in" if cached else "trained in"
+    typer.echo(f"{path}: {len(training.examples)} examples, {len(training.intents)} intents, "
+               f"{how} {engine.trained_seconds:.2f} s")
+
+
+@nlu_app.command("parse")
+def nlu_parse(
+    today: Annotated[str | None, typer.Option(
+        help="Read relative dates against this day, YYYY-MM-DD [default: today]")] = None,
+) -> None:
+    """Parse each line of standard input; print one Rasa parse result (JSON) per line."""
+    from assistant.nlu.engine import get_engine
+
+    engine = get_engine(get_settings().data_dir / "models")
+    day = date.fromisoformat(today) if today else None
+    for line in sys.stdin:
+        text = line.rstrip("\n")
+        if text.strip():
+            typer.echo(json.dumps(engine.parse(text, today=day), ensure_ascii=False))
+
+
+@nlu_app.command("evaluate")
+def nlu_evaluate(
+    data: Annotated[str, typer.Option(help="ours, clinc150, banking77 or all")] = "ours",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+    report_dir: Annotated[Path | None, typer.Option(
+        help="Write confusion-matrix PNGs and report.json here")] = None,
+) -> None:
+    """Accuracy, per-intent precision/recall/F1, confusion matrices and parse latency."""
+    from assistant.nlu.evaluate import run, summary
+
+    if data not in {"ours", "clinc150", "banking77", "all"}:
+        _fail(f"--data: one of ours, clinc150, banking77, all; not {data!r}")
+    reports = run(data, report_dir=report_dir, progress=_progress)
+    if report_dir is not None:
+        report_dir.mkdir(parents=True, exist_ok=True)
+        (report_dir / "report.json").write_text(json.dumps(reports, indent=2, default=str))
+    typer.echo(json.dumps(reports, default=str) if as_json else summary(reports))
+
+
 def _progress(text: str) -> None:
     typer.echo(text, err=True)
 

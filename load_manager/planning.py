@@ -97,7 +97,9 @@ def plan_site(state: SiteState, *, now: datetime, settings: Settings) -> dict[Ke
                 "finish": None if english.finish is None else english.finish.isoformat(),
                 "requested_kwh": round(vehicle.energy_kwh, 3),
             },
-            expected_energy_wh=round(float(row.sum()) * minutes / 60 * 1000),
+            # What the car will have had by departure: delivered so far plus the plan.
+            expected_energy_wh=(connector.delivered_wh or 0)
+            + round(float(row.sum()) * minutes / 60 * 1000),
             expected_cost_sek=english.cost_sek,
         )
     return result

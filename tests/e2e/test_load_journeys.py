@@ -180,7 +180,8 @@ async def test_a_plan_delivers_by_the_deadline_and_explains_itself(engine, stati
     assert answer.status_code == 201, answer.text
     plan = answer.json()
     assert plan["status"] == "active"
-    assert plan["expected_energy_wh"] == 20000
+    # Delivered so far plus planned, to the solver's tolerance.
+    assert abs(plan["expected_energy_wh"] - 20000) <= 1
     assert Decimal(plan["expected_cost_sek"]) > 0
     assert plan["explanation"]["en"].startswith("20 kWh by ")
     assert plan["explanation"]["sv"].startswith("20 kWh till kl. ")
