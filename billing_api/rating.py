@@ -69,7 +69,9 @@ comes from:
   Exported volumes are rounded to 6 decimals for display only; money uses exact values.
 
 How the engine stays fast (about 30 µs for a 30-sample session) without giving up exactness:
-the tariff is compiled once (``Tariff.compiled``); clock boundaries are computed per local day
+timestamps in the usual fixed-width form are read from two cached parts (the hour, and
+minutes, seconds and offset) instead of being parsed; the tariff is compiled once
+(``Tariff.compiled``); clock boundaries are computed per local day
 and zone once and cached; the restrictions that depend on time alone (clock, duration, kWh
 reached) are evaluated once per stretch between two such boundaries rather than per sample,
 and the elements in force are memoised within a stretch by (state, power, current); energy is
@@ -88,6 +90,7 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from fractions import Fraction
 from functools import lru_cache
 from itertools import pairwise
+from operator import itemgetter
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -308,25 +311,28 @@ def _instant(name: str, value: object) -> int:
 
 
 NAIVE_EPOCH = datetime(1970, 1, 1)
-_OFFSETS_US: dict[str, int] = {}  # "+01:00": 3_600_000_000, filled as offsets are seen
+# A timestamp in the usual fixed-width form, "2026-10-01T12:34:56+02:00" (or "...Z"), is read
+# as two cached parts: the naive hour "2026-10-01T12:" and the rest of it, "34:56+02:00", so
+# a sample costs two dictionary look-ups instead of a datetime parse and two datetime
+# operations. Each part is validated by datetime.fromisoformat before it is cached, so the
+# pair accepts exactly what fromisoformat accepts, with the same value.
+_HOURS_US: dict[str, int] = {}  # "2026-10-01T12:": naive µs since the epoch of that hour
+_REST_US: dict[str, int] = {}  # "34:56+02:00": µs into the hour minus the UTC offset
+_CACHED = 100_000  # entries per cache (hours: eleven years); emptied when full
+_TWO_DIGITS = {f"{n:02d}": n for n in range(100)}
 
 
 def _epoch_us(stamp: str) -> int | None:
     """µs since the epoch of an ISO timestamp with a UTC offset; None if it is not one.
-
-    ``YYYY-MM-DDTHH:MM:SS+HH:MM`` is read as a naive time minus a cached offset: subtracting
-    aware datetimes costs twice as much, and this runs for every sample."""
-    if len(stamp) == 25 and stamp[10] == "T" and stamp[19] in "+-":
-        offset = _OFFSETS_US.get(stamp[19:])
-        if offset is None:
-            offset = _offset_us(stamp[19:])
-        if offset is not None:
-            try:
-                naive: datetime | None = datetime.fromisoformat(stamp[:19])
-            except ValueError:
-                naive = None
-            if naive is not None and naive.tzinfo is None:
-                return (naive - NAIVE_EPOCH) // ONE_MICROSECOND - offset
+    :func:`_parse_samples` reads the two cached parts itself; this fills the caches."""
+    hour = _HOURS_US.get(stamp[:14])
+    if hour is None:
+        hour = _hour_us(stamp[:14])
+    rest = _REST_US.get(stamp[14:])
+    if rest is None:
+        rest = _rest_us(stamp[14:])
+    if hour is not None and rest is not None:
+        return hour + rest
     try:
         moment = datetime.fromisoformat(stamp)
     except ValueError:
@@ -336,15 +342,48 @@ def _epoch_us(stamp: str) -> int | None:
     return (moment - EPOCH) // ONE_MICROSECOND
 
 
-def _offset_us(suffix: str) -> int | None:
+def _hour_us(prefix: str) -> int | None:
+    """Cache and return the naive µs of ``YYYY-MM-DDTHH:``; None for anything else."""
+    if (
+        len(prefix) != 14
+        or prefix[4] != "-"
+        or prefix[7] != "-"
+        or prefix[10] != "T"
+        or prefix[13] != ":"
+        or _TWO_DIGITS.get(prefix[11:13], 24) >= 24
+    ):
+        return None
     try:
-        offset = datetime.fromisoformat("2000-01-01T00:00:00" + suffix).utcoffset()
+        naive = datetime.fromisoformat(prefix + "00:00")
     except ValueError:
         return None
-    if offset is None or len(_OFFSETS_US) > 1_000:
+    if naive.tzinfo is not None:
         return None
-    _OFFSETS_US[suffix] = offset // ONE_MICROSECOND
-    return _OFFSETS_US[suffix]
+    if len(_HOURS_US) >= _CACHED:
+        _HOURS_US.clear()
+    _HOURS_US[prefix] = at_us = (naive - NAIVE_EPOCH) // ONE_MICROSECOND
+    return at_us
+
+
+def _rest_us(rest: str) -> int | None:
+    """Cache and return ``MM:SS`` plus a ``Z`` or ``+HH:MM`` offset as µs into the hour
+    minus the offset; None for anything else (fractions of a second, no offset, ...).
+    fromisoformat refuses a 60th second, so minutes and seconds must both be below 60."""
+    if len(rest) not in (6, 11) or rest[2] != ":" or rest[5] not in "Z+-":
+        return None
+    minute, second = _TWO_DIGITS.get(rest[:2], 60), _TWO_DIGITS.get(rest[3:5], 60)
+    if minute >= 60 or second >= 60:
+        return None
+    try:
+        offset = datetime.fromisoformat("2000-01-01T00:00:00" + rest[5:]).utcoffset()
+    except ValueError:
+        return None
+    if offset is None:
+        return None
+    if len(_REST_US) >= _CACHED:
+        _REST_US.clear()
+    _REST_US[rest] = at_us = (minute * 60 + second) * MICROS_PER_SECOND - offset // ONE_MICROSECOND
+    return at_us
 
 
 def _refuse_disorder(samples: list[Sample]) -> None:
@@ -363,6 +402,10 @@ def _refuse_disorder(samples: list[Sample]) -> None:
             )
 
 
+SAMPLE_FIELDS = ("timestamp", "energy_wh", "power_w", "current_a", "status")
+_sample_fields = itemgetter(*SAMPLE_FIELDS)
+
+
 def _parse_samples(raw: Sequence[object]) -> tuple[Sample, ...]:
     """Read the samples, checking time order and the register as it goes.
 
@@ -371,17 +414,22 @@ def _parse_samples(raw: Sequence[object]) -> tuple[Sample, ...]:
     per-field checks, because this loop is a third of the cost of rating a session. Anything
     else goes through :func:`_parse_sample`, which says what is wrong."""
     samples: list[Sample] = []
-    last_us, last_wh = None, None
+    append = samples.append
+    hours, rests, states = _HOURS_US, _REST_US, STATE_OF_STATUS
+    new = tuple.__new__
+    last_us: int | None = None
+    last_wh: Exact = 0
     in_order = True
-    for number, item in enumerate(raw, 1):
+    for item in raw:
         sample = None
         if type(item) is dict:
-            stamp = item.get("timestamp")
-            energy = item.get("energy_wh")
-            power = item.get("power_w")
-            current = item.get("current_a")
-            status = item.get("status") or "Charging"
-            state = STATE_OF_STATUS.get(status) if type(status) is str else None
+            try:
+                stamp, energy, power, current, status = _sample_fields(item)
+            except KeyError:  # power, current and status are optional
+                stamp, energy, power, current, status = [item.get(k) for k in SAMPLE_FIELDS]
+            if not status:
+                status = "Charging"
+            state = states.get(status) if type(status) is str else None
             if (
                 type(stamp) is str
                 and type(energy) is int
@@ -390,17 +438,20 @@ def _parse_samples(raw: Sequence[object]) -> tuple[Sample, ...]:
                 and (power is None or (type(power) is int and power >= 0))
                 and (current is None or (type(current) is int and current >= 0))
             ):
-                at_us = _epoch_us(stamp)
+                hour = hours.get(stamp[:14])
+                rest = rests.get(stamp[14:])
+                at_us = hour + rest if hour is not None and rest is not None else _epoch_us(stamp)
                 if at_us is not None:
                     # tuple.__new__ skips NamedTuple's Python-level __new__ (a sixth of a
                     # sample's cost); the fields are in order
-                    sample = tuple.__new__(Sample, (at_us, energy, power, current, status, state))
+                    sample = new(Sample, (at_us, energy, power, current, status, state))
         if sample is None:
-            sample = _parse_sample(number, item)
-        if last_us is not None and (sample.at_us <= last_us or sample.energy_wh < last_wh):
+            sample = _parse_sample(len(samples) + 1, item)
+            at_us, energy = sample.at_us, sample.energy_wh
+        if last_us is not None and (at_us <= last_us or energy < last_wh):
             in_order = False
-        last_us, last_wh = sample.at_us, sample.energy_wh
-        samples.append(sample)
+        last_us, last_wh = at_us, energy
+        append(sample)
     if not in_order:
         _refuse_disorder(samples)
     return tuple(samples)
@@ -954,11 +1005,11 @@ def _bill(
         charging_periods=periods if reserved is None else reserved.periods + periods,
         total_cost=total,
         total_fixed_cost=subtotals.get(FLAT),
-        total_energy=quantity(energies[-1] - energies[0], WH_PER_KWH),
+        total_energy=_quantity(energies[-1] - energies[0], WH_PER_KWH),
         total_energy_cost=subtotals.get(ENERGY),
-        total_time=quantity(times[-1] - times[0], MICROS_PER_HOUR),
+        total_time=_quantity(times[-1] - times[0], MICROS_PER_HOUR),
         total_time_cost=subtotals.get(TIME),
-        total_parking_time=quantity(parking_us, MICROS_PER_HOUR),
+        total_parking_time=_quantity(parking_us, MICROS_PER_HOUR),
         total_parking_cost=subtotals.get(PARKING_TIME),
         cost_breakdown=tuple([item.line for item in priced]),
         vat=vat_lines,
@@ -1021,7 +1072,7 @@ def _price_reservation(
             [
                 ChargingPeriod(
                     _utc(int(p.start_us)),
-                    (_dimension("RESERVATION_TIME", p.duration_us, MICROS_PER_HOUR),),
+                    (_RESERVATION_DIMENSIONS[p.duration_us],),
                     tariff_id,
                 )
                 for p in periods
@@ -1097,14 +1148,14 @@ def _volumes(periods: list[_Period]) -> list[_Line]:
 
 def _cost_line(component: Component, billed: Exact, measured: Exact, scale: int) -> _Priced:
     """``billed / scale`` units at the component's price, rounded once to the öre."""
-    billed_num, billed_den = ratio(billed)
+    billed_num, billed_den = (billed, 1) if type(billed) is int else ratio(billed)
     price_num, price_den = component.price_ratio
     cents = round_ratio_to_cents(billed_num * price_num, billed_den * scale * price_den)
-    measured_quantity = quantity(measured, scale)
+    measured_quantity = _quantity(measured, scale)
     line = CostLine(
         dimension=component.dimension.value,
         element_index=component.element_index,
-        quantity=measured_quantity if billed == measured else quantity(billed, scale),
+        quantity=measured_quantity if billed == measured else _quantity(billed, scale),
         measured_quantity=measured_quantity,
         unit=UNIT_OF[component.dimension],
         unit_price=component.price,
@@ -1112,7 +1163,8 @@ def _cost_line(component: Component, billed: Exact, measured: Exact, scale: int)
         vat_rate=component.vat,
         reservation=component.reservation,
     )
-    return _Priced(line, cents, component.vat_ratio)
+    # tuple.__new__: NamedTuple's own __new__ is a Python function
+    return tuple.__new__(_Priced, (line, cents, component.vat_ratio))
 
 
 _FLAT_LINES: dict[int, tuple[Component, _Priced]] = {}
@@ -1242,45 +1294,68 @@ def _cdr_period(
     currents: tuple[Exact | None, ...],
     tariff_id: str,
 ) -> ChargingPeriod:
-    dimensions = [_dimension("ENERGY", period.energy_wh, WH_PER_KWH)]
+    dimensions = [_ENERGY_DIMENSIONS[period.energy_wh]]
     if period.state == CHARGING:
-        dimensions.append(_dimension("TIME", period.duration_us, MICROS_PER_HOUR))
+        dimensions.append(_TIME_DIMENSIONS[period.duration_us])
     elif period.state == PARKING:
-        dimensions.append(_dimension("PARKING_TIME", period.duration_us, MICROS_PER_HOUR))
+        dimensions.append(_PARKING_DIMENSIONS[period.duration_us])
     first, stop = period.first_sample, period.last_sample + 1
     reported = powers[first:stop]
     if None in reported:
         reported = tuple(value for value in reported if value is not None)
     if reported:
-        dimensions.append(_dimension("MIN_POWER", min(reported), 1000))
-        dimensions.append(_dimension("MAX_POWER", max(reported), 1000))
+        dimensions.append(_MIN_POWER_DIMENSIONS[min(reported)])
+        dimensions.append(_MAX_POWER_DIMENSIONS[max(reported)])
     reported = currents[first:stop]
     if None in reported:
         reported = tuple(value for value in reported if value is not None)
     if reported:
-        dimensions.append(_dimension("MIN_CURRENT", min(reported), 1))
-        dimensions.append(_dimension("MAX_CURRENT", max(reported), 1))
+        dimensions.append(_MIN_CURRENT_DIMENSIONS[min(reported)])
+        dimensions.append(_MAX_CURRENT_DIMENSIONS[max(reported)])
     start_us = period.start_us
     return ChargingPeriod(
         _utc(start_us if type(start_us) is int else int(start_us)), tuple(dimensions), tariff_id
     )
 
 
-_DIMENSIONS: dict[tuple[str, Exact, int], CdrDimension] = {}
-_DIMENSIONS_KEPT = 100_000
+class _Dimensions(dict[Exact, "CdrDimension"]):
+    """The CDR dimensions of one type by value (``value / scale``). They are immutable and
+    repeat a lot between sessions (0 kWh while parked, 16 A, quarter hours), and building
+    one costs more than the rest of a period, so they are shared; a hit is one dictionary
+    look-up, and the cache is simply emptied when full."""
+
+    KEPT = 20_000
+
+    def __init__(self, name: str, scale: int) -> None:
+        super().__init__()
+        self.name, self.scale = name, scale
+
+    def __missing__(self, value: Exact) -> CdrDimension:
+        if len(self) >= self.KEPT:
+            self.clear()
+        found = self[value] = CdrDimension(self.name, _quantity(value, self.scale))
+        return found
 
 
-def _dimension(name: str, value: Exact, scale: int) -> CdrDimension:
-    """A CDR dimension of ``value / scale``. They are immutable and repeat a lot between
-    sessions (0 kWh while parked, 16 A, quarter hours), and building one costs more than
-    the rest of a period, so they are shared; the cache is simply emptied when full."""
-    key = (name, value, scale)
-    found = _DIMENSIONS.get(key)
-    if found is None:
-        if len(_DIMENSIONS) >= _DIMENSIONS_KEPT:
-            _DIMENSIONS.clear()
-        found = _DIMENSIONS[key] = CdrDimension(name, quantity(value, scale))
-    return found
+_ENERGY_DIMENSIONS = _Dimensions("ENERGY", WH_PER_KWH)
+_TIME_DIMENSIONS = _Dimensions("TIME", MICROS_PER_HOUR)
+_PARKING_DIMENSIONS = _Dimensions("PARKING_TIME", MICROS_PER_HOUR)
+_RESERVATION_DIMENSIONS = _Dimensions("RESERVATION_TIME", MICROS_PER_HOUR)
+_MIN_POWER_DIMENSIONS = _Dimensions("MIN_POWER", 1000)
+_MAX_POWER_DIMENSIONS = _Dimensions("MAX_POWER", 1000)
+_MIN_CURRENT_DIMENSIONS = _Dimensions("MIN_CURRENT", 1)
+_MAX_CURRENT_DIMENSIONS = _Dimensions("MAX_CURRENT", 1)
+
+
+def _quantity(value: Exact, scale: int) -> Decimal:
+    """``quantity(value, scale)``: an exported volume, 3 to 6 decimals. Whole Wh or W over
+    1000 and whole amperes have exactly three decimals, so those are built in one step."""
+    if type(value) is int and value >= 0:
+        if scale == 1000:
+            return Decimal(value).scaleb(-3)
+        if scale == 1:
+            return Decimal(value * 1000).scaleb(-3)
+    return quantity(value, scale)
 
 
 def _utc(at_us: int) -> datetime:
