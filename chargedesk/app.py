@@ -63,6 +63,11 @@ def create_app(
 
         tasks = [asyncio.create_task(runtime.central.run_liveness())]
         tasks += [asyncio.create_task(job(runtime)) for job in runtime.jobs]
+        if settings.nlu_warm_up:
+            from assistant.nlu.engine import get_engine
+
+            tasks.append(asyncio.create_task(
+                asyncio.to_thread(get_engine, settings.data_dir / "models")))
         scheduler = build_scheduler(runtime.engine, settings) if settings.scheduler else None
         if scheduler is not None:
             scheduler.start()
@@ -93,6 +98,7 @@ def create_app(
     app.state.runtime = runtime
     install_handlers(app)
 
+    from assistant.nlu.views import router as nlu_router
     from billing_api.accounts_views import router as accounts_router
     from billing_api.views import router as billing_router
     from load_manager.analytics_views import router as analytics_router
@@ -107,6 +113,7 @@ def create_app(
     app.include_router(load_router)
     app.include_router(analytics_router)
     app.include_router(admin_router)
+    app.include_router(nlu_router)
     app.include_router(ocpp_router)
 
     @app.get("/healthz", tags=["ops"])

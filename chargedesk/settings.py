@@ -34,6 +34,9 @@ class Settings(BaseSettings):
 
     # Scheduled jobs (monthly invoice run, e-mail delivery); tests turn them off.
     scheduler: bool = True
+    # Load (or train, after a data change) the NLU model at start-up rather than on the
+    # first message; tests that need it load it themselves.
+    nlu_warm_up: bool = True
 
     # Billing. Amounts are in the network's currency, written as decimals ("50.00").
     currency: str = "SEK"

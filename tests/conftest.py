@@ -121,7 +121,8 @@ def start_server(settings: Settings) -> LiveServer:
 @pytest.fixture
 def settings(database_url: str) -> Settings:
     return Settings(database_url=database_url, heartbeat_interval=60, log_format="console",
-                    log_level="WARNING", command_timeout=5, scheduler=False)
+                    log_level="WARNING", command_timeout=5, scheduler=False,
+                    nlu_warm_up=False)
 
 
 @pytest.fixture

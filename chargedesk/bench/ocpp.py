@@ -602,6 +602,8 @@ class ChargeDeskServer(Server):
             "CHARGEDESK_HEARTBEAT_INTERVAL": str(HEARTBEAT_S),
             "CHARGEDESK_LOG_LEVEL": "WARNING",
             "CHARGEDESK_COMMAND_TIMEOUT": str(COMMAND_TIMEOUT_S),
+            # The bench measures the central system; the NLU model has no part in it.
+            "CHARGEDESK_NLU_WARM_UP": "false",
         }
         with self.log.open("ab") as out:
             self.proc = await asyncio.create_subprocess_exec(
