@@ -17,6 +17,10 @@ from chargedesk.cli import app
 from chargedesk.db import make_engine, normalise_url
 from tests.conftest import IN_CI, POSTGRES_URL
 
+# The Trondheim sessions live in ../shared/data beside the checkout, never in the project.
+pytestmark = pytest.mark.skipif(not bench.DATA_FILE.exists(),
+                                reason=f"no {bench.DATA_FILE} beside the checkout")
+
 
 def assert_sound(figures: dict, *, sessions: int) -> None:
     assert figures["failures"] == []
