@@ -109,10 +109,13 @@ class LoadController:
         await self.request_for_station(event.station_id)
 
     async def _on_meter_values(self, event: MeterValuesReceived) -> None:
-        if event.transaction_id is not None:
-            await run_in_session(self.engine, service.observe_meter_values,
-                                 transaction_id=event.transaction_id, samples=event.samples)
-        await self.request_for_station(event.station_id)
+        # Every charging station sends these every few seconds: one small transaction, and
+        # nothing at all for a station whose site is not under load management.
+        site_id = await run_in_session(self.engine, _observe, station_id=event.station_id,
+                                       transaction_id=event.transaction_id,
+                                       samples=event.samples)
+        if site_id is not None:
+            self.request(site_id)
 
     async def _on_online(self, event: StationOnline) -> None:
         """Learn what the station can do, make it safe, then share the site again."""
@@ -534,6 +537,15 @@ def _forget_limits(session: Session, *, station_id: str) -> None:
     for row in session.exec(select(AllocationState)
                             .where(AllocationState.station_id == station_id)):
         session.delete(row)
+
+
+def _observe(session: Session, *, station_id: str, transaction_id: int | None,
+             samples: list[Any]) -> str | None:
+    """Learn from a managed station's meter values; returns its site (None: unmanaged)."""
+    site_id = service.managed_site(session, station_id=station_id)
+    if site_id is not None and transaction_id is not None:
+        service.observe_meter_values(session, transaction_id=transaction_id, samples=samples)
+    return site_id
 
 
 def _site_ids(session: Session) -> list[str]:

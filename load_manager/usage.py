@@ -14,9 +14,11 @@ Rows are never updated incrementally. Each station event rebuilds the visits of 
 of history around its timestamp, between the closing statuses before and after it, from
 ``status_event`` and ``transaction`` in the station's own timestamps. So a message queued
 offline and delivered late (``current=False``), events handled out of order, or a repeated
-stop all converge on the same rows; :func:`backfill` runs the same derivation over the whole
-history. On PostgreSQL a transaction-scoped advisory lock per connector keeps two handlers
-from rebuilding the same stretch at once (SQLite has one writer anyway).
+stop all converge on the same rows. Meter values, which every charging station sends every
+few seconds, trigger nothing: an open visit's energy is as of its latest rebuild.
+:func:`backfill` runs the same derivation over the whole history. On PostgreSQL a
+transaction-scoped advisory lock per connector keeps two handlers from rebuilding the same
+stretch at once (SQLite has one writer anyway).
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from chargedesk.db import run_in_session
 from chargedesk.events import InMemoryEventBus
 from load_manager.models import UsageOutcome, UsageSession
 from station_api.events import (
-    MeterValuesReceived,
     StatusChanged,
     TransactionStarted,
     TransactionStopped,
@@ -247,7 +248,6 @@ class UsageTracker:
         self.bus.subscribe(StatusChanged, self.on_status)
         self.bus.subscribe(TransactionStarted, self.on_started)
         self.bus.subscribe(TransactionStopped, self.on_stopped)
-        self.bus.subscribe(MeterValuesReceived, self.on_meter_values)
 
     async def on_status(self, event: StatusChanged) -> None:
         if event.connector_id == 0:  # the station as a whole: no visit of its own
@@ -261,13 +261,6 @@ class UsageTracker:
                              connector_id=event.connector_id, at=event.timestamp)
 
     async def on_stopped(self, event: TransactionStopped) -> None:
-        await run_in_session(self.engine, _rebuild_transaction,
-                             transaction_id=event.transaction_id)
-
-    async def on_meter_values(self, event: MeterValuesReceived) -> None:
-        if event.transaction_id is None or not any(
-                s.measurand == ENERGY_REGISTER for s in event.samples):
-            return
         await run_in_session(self.engine, _rebuild_transaction,
                              transaction_id=event.transaction_id)
 
