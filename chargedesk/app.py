@@ -96,8 +96,13 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    from assistant.actions.context import configure as configure_actions
+
+    configure_actions(runtime)
     install_handlers(app)
 
+    from assistant.actions.server import router as actions_router
+    from assistant.channels.web import router as web_chat_router
     from assistant.nlu.views import router as nlu_router
     from billing_api.accounts_views import router as accounts_router
     from billing_api.views import router as billing_router
@@ -114,6 +119,8 @@ def create_app(
     app.include_router(analytics_router)
     app.include_router(admin_router)
     app.include_router(nlu_router)
+    app.include_router(actions_router)
+    app.include_router(web_chat_router)
     app.include_router(ocpp_router)
 
     @app.get("/healthz", tags=["ops"])

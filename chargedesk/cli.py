@@ -521,6 +521,112 @@ def bench_analytics(
         _fail("bench analytics failed: " + "; ".join(figures["failures"]))
 
 
+@bench_app.command("chat")
+def bench_chat(
+    conversations: Annotated[int, typer.Option(min=1, help="Concurrent conversations")] = 200,
+    turns: Annotated[int, typer.Option(min=1, help="Turns per conversation")] = 10,
+    rate: Annotated[float, typer.Option(
+        min=1, help="Turns per second offered by all conversations together")] = 600,
+    url: Annotated[str | None, typer.Option(
+        help="A running server [default: start one]")] = None,
+    database_url: Annotated[str | None, typer.Option(
+        help="Database of the server started here (empty; migrated and seeded with the"
+             " demo network) [default: a fresh SQLite file]")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+) -> None:
+    """Concurrent web chat conversations over the REST channel, beside GET /healthz under
+    the same schedule: turns per second and p50/p99 per turn."""
+    from chargedesk.bench.chat import run, summary
+
+    if url is not None and database_url is not None:
+        _fail("give --url or --database-url, not both")
+    try:
+        figures = run(conversations=conversations, turns=turns, rate=rate, url=url,
+                      database_url=database_url, progress=_progress)
+    except (RuntimeError, httpx.HTTPError) as exc:
+        _fail(f"bench chat failed: {exc}")
+    typer.echo(json.dumps(figures, default=str) if as_json else summary(figures))
+    if figures["failures"]:
+        _fail("bench chat missed: " + "; ".join(figures["failures"]))
+
+
+# ---------------------------------------------------------------- chat
+
+
+@app.command()
+def chat(
+    url: Annotated[str, typer.Option(envvar="CHARGEDESK_URL",
+                                     help="The running server")] = "http://127.0.0.1:8000",
+    sender: Annotated[str | None, typer.Option(
+        help="Keep this conversation under NAME and resume it next time (the server picks "
+             "the sender id; its token is kept in DATA_DIR/chat/NAME.json)")] = None,
+) -> None:
+    """Chat with the assistant from the terminal, through the public web chat endpoints.
+
+    Type a message; a number picks a quick reply; /login signs in with a one-time code;
+    /quit ends."""
+    store = get_settings().data_dir / "chat" / f"{sender}.json" if sender else None
+    with httpx.Client(base_url=url.rstrip("/"), timeout=60) as client:
+        try:
+            session = json.loads(store.read_text()) if store and store.exists() else None
+            if session is None:
+                response = client.post("/chat/session")
+                response.raise_for_status()
+                session = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            _fail(f"cannot reach the chat at {url}: {exc}")
+        if store is not None:
+            store.parent.mkdir(parents=True, exist_ok=True)
+            store.write_text(json.dumps(session))
+            store.chmod(0o600)
+        buttons: list[dict[str, Any]] = []
+        typer.echo("Skriv på svenska eller engelska. /login loggar in, /quit avslutar.")
+        while True:
+            try:
+                text = input("du> ").strip()
+            except (EOFError, KeyboardInterrupt):
+                typer.echo()
+                return
+            if not text:
+                continue
+            if text in {"/quit", "/exit"}:
+                return
+            auth = {"Authorization": f"Bearer {session['token']}"}
+            if text == "/login":
+                contact = input("e-post eller mobilnummer> ").strip()
+                answer = client.post("/chat/verify/start", json={"contact": contact},
+                                     headers=auth)
+                if answer.status_code != 200:
+                    typer.echo(f"   {answer.json().get('detail', answer.status_code)}")
+                    continue
+                typer.echo("   Om kontot finns har en kod skickats till dess e-post.")
+                answer = client.post("/chat/verify/check",
+                                     json={"code": input("kod> ").strip()}, headers=auth)
+                if answer.status_code != 200:
+                    typer.echo(f"   {answer.json().get('detail', answer.status_code)}")
+                    continue
+                session = answer.json()
+                if store is not None:
+                    store.write_text(json.dumps(session))
+                typer.echo("   Inloggad.")
+                continue
+            if text.isdigit() and 0 < int(text) <= len(buttons):
+                text = buttons[int(text) - 1].get("payload") or buttons[int(text) - 1]["title"]
+            response = client.post("/webhooks/rest/webhook",
+                                   json={"sender": session["sender"], "message": text},
+                                   headers=auth)
+            if response.status_code != 200:
+                typer.echo(f"   ({response.status_code}) {response.text[:200]}")
+                continue
+            buttons = []
+            for message in response.json():
+                if message.get("text"):
+                    typer.secho(f"bot> {message['text']}", fg=typer.colors.GREEN)
+                for button in message.get("buttons") or []:
+                    buttons.append(button)
+                    typer.echo(f"   [{len(buttons)}] {button['title']}")
+
+
 # ---------------------------------------------------------------- nlu
 
 nlu_app = typer.Typer(help="The assistant's language understanding.", no_args_is_help=True)

@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     # Load (or train, after a data change) the NLU model at start-up rather than on the
     # first message; tests that need it load it themselves.
     nlu_warm_up: bool = True
+    # A conversation idle this long starts a new session: slots reset, identity and language kept.
+    conversation_expiry_minutes: int = Field(60, ge=1)
+    # Signs web chat tokens; empty: a random secret per process (tokens die with it).
+    chat_secret: str = ""
 
     # Billing. Amounts are in the network's currency, written as decimals ("50.00").
     currency: str = "SEK"

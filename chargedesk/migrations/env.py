@@ -4,6 +4,8 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 from sqlmodel import SQLModel
 
+import assistant.identity_models
+import assistant.models  # noqa: F401
 import billing_api.models  # noqa: F401  (registers tables)
 import chargedesk.models  # noqa: F401
 import load_manager.models  # noqa: F401

@@ -1,0 +1,28 @@
+"""``POST /webhook``: Rasa's action-server protocol over our actions, for an external Rasa.
+
+The caller acts with the identity the tracker's slots carry (``driver_id``, ``verified``),
+so it must be trusted like staff: a bearer API key of an operator or agent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Body
+from fastapi.responses import JSONResponse
+
+from assistant.actions import registry
+from chargedesk.auth import StaffUser
+
+router = APIRouter(tags=["assistant"])
+
+
+@router.post("/webhook")
+async def webhook(_: StaffUser, payload: dict[str, Any] = Body(...)) -> JSONResponse:  # noqa: B008
+    """Run ``next_action`` on the tracker sent: ``{"events", "responses"}``, or Rasa's
+    ``{"error", "action_name"}`` with 404 for an unknown action."""
+    result = await registry.execute(payload)
+    if "error" in result:
+        status = int(result.pop("status", 400))
+        return JSONResponse(result, status_code=status)
+    return JSONResponse(result)

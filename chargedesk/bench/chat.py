@@ -1,0 +1,412 @@
+"""`chargedesk bench chat`: the web chat under many concurrent conversations, beside `/healthz`.
+
+Each conversation opens a chat session (``POST /chat/session``) and then says its turns over
+Rasa's REST channel (``POST /webhooks/rest/webhook``), one at a time, each waiting for the
+bot's answer: a scripted, realistic mix of anonymous questions (prices, station status,
+where to charge, greetings, thanks) in Swedish and English, about the demo network's sites.
+
+Turns go out on a clock: the conversations together send ``rate`` turns per second (each
+conversation one turn every ``conversations / rate`` seconds, starts staggered), so a slow
+server shows as latency rather than as a lower offered load, as a human's next message does
+not wait for the server to be fast. A turn that is still waiting when its next one is due
+delays that one. The figures are per turn, wall clock at the client: p50, p99, max, and turns
+per second (completed turns over the time from the first send to the last answer).
+
+Sessions are opened with httpx; the measured requests go over one plain keep-alive
+HTTP/1.1 connection per conversation (:class:`Connection`), because httpx's own CPU cost
+per request would make the load generator the bottleneck on a 2-core machine.
+
+The baseline is ``GET /healthz`` (one ``SELECT 1``) under exactly the same schedule in the
+same run against the same server: the floor of the HTTP stack, database pool and this
+client on this machine.
+
+Without ``--url`` the bench starts its own server (``chargedesk serve``) on a fresh SQLite
+file, or on ``--database-url`` (PostgreSQL: give an empty database or schema), migrated and
+seeded with the demo network, with the scheduler off; it waits for the NLU model to load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from chargedesk.bench import stats
+from chargedesk.bench.ocpp import _end_process, _free_port, _tail
+
+P99_TARGET_MS = 50.0
+TURNS_PER_S_TARGET = 500.0
+REQUEST_TIMEOUT_S = 30.0
+
+Progress = Callable[[str], None]
+
+# Conversations as a driver would have them, anonymous: each is said in order, then again.
+SCRIPTS: tuple[tuple[str, ...], ...] = (
+    ("Hej!", "Vad kostar det att ladda på Odenplan?", "Är SE-STO-ODEN-01 ledig just nu?",
+     "Var kan jag ladda i Göteborg?", "Vad kostar snabbladdning?", "Okej, tack!",
+     "Fungerar laddaren vid Uppsala resecentrum?", "Vad är priset per kWh på natten?",
+     "Finns det någon ledig laddare i Stockholm?", "Hej då"),
+    ("Hi there", "How much does charging cost at Stockholm City garage?",
+     "Is SE-STO-CITY-01 available?", "Where can I charge near Uppsala?",
+     "What's the price for fast charging?", "Thanks!", "Is the station at Odenplan working?",
+     "Where is the nearest charger in Gothenburg?", "Does it cost more during the day?",
+     "Bye"),
+    ("Hallå", "Är laddstationen i Göteborg hamnen ur funktion?", "Var kan jag ladda bilen?",
+     "Vad kostar det per kilowattimme?", "Tar ni betalt för parkering efter laddning?",
+     "Tack så mycket", "Är SE-UPP-RESE-01 upptagen?", "Finns det laddare vid Odenplan?",
+     "Vad kostar det att ladda i Uppsala?", "Adjö"),
+    ("Hello", "What does it cost to charge at Odenplan?", "Is there a free charger in Göteborg?",
+     "Is SE-GBG-HAMN-01 online?", "Find me a charger in Stockholm", "Great, thank you",
+     "How much per kWh at night?", "Is the charger at Uppsala resecentrum free?",
+     "What's the fee per minute?", "Goodbye"),
+)
+
+
+@dataclass
+class Tally:
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    empty: int = 0
+    first_send: float | None = None
+    last_done: float = 0.0
+
+    def error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def figures(self, attempted: int) -> dict[str, Any]:
+        done = len(self.latencies_ms)
+        span = self.last_done - (self.first_send or self.last_done)
+        ordered = sorted(self.latencies_ms)
+
+        def rounded(value: float | None) -> float | None:
+            return round(value, 2) if value is not None else None
+
+        return {
+            "attempted": attempted,
+            "completed": done,
+            "errors": dict(self.errors),
+            "empty_answers": self.empty,
+            "per_s": round(done / span, 1) if span > 0 else None,
+            "p50_ms": rounded(stats.percentile(ordered, 50)),
+            "p99_ms": rounded(stats.percentile(ordered, 99)),
+            "max_ms": rounded(ordered[-1] if ordered else None),
+            "mean_ms": rounded(sum(ordered) / done if done else None),
+            "span_s": round(span, 3),
+        }
+
+
+def run(*, conversations: int, turns: int, rate: float, url: str | None,
+        database_url: str | None, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the chat load and the /healthz baseline; the figures, with ``failures``."""
+    say = progress or (lambda _text: None)
+    return asyncio.run(_run(conversations, turns, rate, url, database_url, say))
+
+
+async def _run(conversations: int, turns: int, rate: float, url: str | None,
+               database_url: str | None, say: Progress) -> dict[str, Any]:
+    figures: dict[str, Any] = {
+        "conversations": conversations, "turns": turns, "rate": rate, "cpus": os.cpu_count(),
+        "targets": {"p99_ms": P99_TARGET_MS, "turns_per_s": TURNS_PER_S_TARGET},
+    }
+    server: OwnServer | None = None
+    with tempfile.TemporaryDirectory(prefix="chargedesk-bench-chat-") as tmp:
+        try:
+            if url is None:
+                server = OwnServer(Path(tmp), database_url)
+                say(f"starting a server on {server.database_label}")
+                url = await server.start(say)
+                figures["database"] = server.database_label
+            else:
+                figures["database"] = "(running server)"
+            figures["url"] = url
+            limits = httpx.Limits(max_connections=conversations + 10,
+                                  max_keepalive_connections=conversations + 10)
+            async with httpx.AsyncClient(base_url=url, limits=limits,
+                                         timeout=REQUEST_TIMEOUT_S) as client:
+                say(f"opening {conversations} chat sessions")
+                sessions = await _open_sessions(client, conversations)
+                await _warm_up(client, sessions[0])
+            say(f"chat: {conversations} conversations x {turns} turns at {rate:g} turns/s")
+            figures["chat"] = await _load(url, sessions, turns, rate, _chat_turn)
+            say("baseline: GET /healthz on the same schedule")
+            figures["healthz"] = await _load(url, sessions, turns, rate, _healthz)
+        finally:
+            if server is not None:
+                await server.stop()
+    chat, base = figures["chat"], figures["healthz"]
+    figures["ratio"] = {
+        key: round(chat[key] / base[key], 2) if chat[key] and base[key] else None
+        for key in ("p50_ms", "p99_ms", "per_s")
+    }
+    figures["failures"] = _failures(figures)
+    return figures
+
+
+def _failures(figures: dict[str, Any]) -> list[str]:
+    chat = figures["chat"]
+    failures = []
+    if chat["errors"] or chat["completed"] < chat["attempted"]:
+        failures.append(f"{chat['attempted'] - chat['completed']} turns failed: {chat['errors']}")
+    if chat["empty_answers"]:
+        failures.append(f"{chat['empty_answers']} turns got no answer")
+    if chat["p99_ms"] is None or chat["p99_ms"] >= P99_TARGET_MS:
+        failures.append(f"p99 {chat['p99_ms']} ms, target under {P99_TARGET_MS:g} ms")
+    if chat["per_s"] is None or chat["per_s"] < TURNS_PER_S_TARGET:
+        failures.append(f"{chat['per_s']} turns/s, target at least {TURNS_PER_S_TARGET:g}")
+    return failures
+
+
+# ---------------------------------------------------------------- client
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection, as a browser tab keeps for its chat.
+
+    The measured requests go through this rather than httpx: httpx spends about 3 ms of CPU
+    per request here, so on a 2-core machine the load generator, not the server, would set
+    the figures (it caps near 300 requests/s). This costs a few tens of microseconds.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, body: bytes = b"",
+                      headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        if self.writer is None or self.writer.is_closing():
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        head = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}",
+                f"Content-Length: {len(body)}"]
+        if body:
+            head.append("Content-Type: application/json")
+        head += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        try:
+            status_line = await self.reader.readuntil(b"\r\n")
+            length, close = 0, False
+            while (line := await self.reader.readuntil(b"\r\n")) != b"\r\n":
+                name, _, value = line.decode("latin-1").partition(":")
+                name = name.strip().lower()
+                if name == "content-length":
+                    length = int(value)
+                elif name == "connection" and value.strip().lower() == "close":
+                    close = True
+                elif name == "transfer-encoding":
+                    raise ConnectionError("chunked answers are not expected here")
+            payload = await self.reader.readexactly(length)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            await self.close()
+            raise ConnectionError(f"connection lost: {exc}") from exc
+        if close:
+            await self.close()
+        return int(status_line.split(b" ", 2)[1]), payload
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(OSError, ConnectionError):
+                await self.writer.wait_closed()
+            self.writer = None
+
+
+# ---------------------------------------------------------------- load
+
+
+@dataclass(frozen=True)
+class ChatSession:
+    index: int
+    sender: str
+    token: str
+
+
+async def _open_sessions(client: httpx.AsyncClient, count: int) -> list[ChatSession]:
+    async def one(index: int) -> ChatSession:
+        response = await client.post("/chat/session")
+        response.raise_for_status()
+        body = response.json()
+        return ChatSession(index, body["sender"], body["token"])
+
+    return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+async def _warm_up(client: httpx.AsyncClient, session: ChatSession) -> None:
+    """One turn before measuring: the first parse may still load the NLU model."""
+    response = await client.post(
+        "/webhooks/rest/webhook", json={"sender": session.sender, "message": "Hej"},
+        headers={"Authorization": f"Bearer {session.token}"}, timeout=120)
+    response.raise_for_status()
+
+
+Turn = Callable[[Connection, ChatSession, int], Awaitable[bool]]
+
+
+async def _chat_turn(conn: Connection, session: ChatSession, turn: int) -> bool:
+    script = SCRIPTS[session.index % len(SCRIPTS)]
+    body = json.dumps({"sender": session.sender, "message": script[turn % len(script)]})
+    code, payload = await conn.request("POST", "/webhooks/rest/webhook", body.encode(),
+                                       {"Authorization": f"Bearer {session.token}"})
+    if code != 200:
+        raise StatusError(code)
+    answer = json.loads(payload)
+    return isinstance(answer, list) and bool(answer) and all("text" in m or "buttons" in m
+                                                             for m in answer)
+
+
+async def _healthz(conn: Connection, session: ChatSession, turn: int) -> bool:
+    code, _ = await conn.request("GET", "/healthz")
+    if code != 200:
+        raise StatusError(code)
+    return True
+
+
+class StatusError(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(f"http {code}")
+        self.code = code
+
+
+async def _load(url: str, sessions: list[ChatSession], turns: int, rate: float,
+                turn_fn: Turn) -> dict[str, Any]:
+    tally = Tally()
+    period = len(sessions) / rate
+    target = httpx.URL(url)
+    start = time.perf_counter() + 0.5
+
+    async def conversation(session: ChatSession) -> None:
+        conn = Connection(target.host, target.port or 80)
+        due = start + period * session.index / len(sessions)
+        try:
+            for turn in range(turns):
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                sent = time.perf_counter()
+                if tally.first_send is None or sent < tally.first_send:
+                    tally.first_send = sent
+                try:
+                    ok = await asyncio.wait_for(turn_fn(conn, session, turn), REQUEST_TIMEOUT_S)
+                except StatusError as exc:
+                    tally.error(str(exc))
+                except (OSError, ConnectionError, TimeoutError, ValueError) as exc:
+                    tally.error(type(exc).__name__)
+                    await conn.close()
+                else:
+                    done = time.perf_counter()
+                    tally.latencies_ms.append((done - sent) * 1000)
+                    tally.last_done = max(tally.last_done, done)
+                    tally.empty += not ok
+                due += period
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(conversation(s) for s in sessions))
+    return tally.figures(len(sessions) * turns)
+
+
+# ---------------------------------------------------------------- own server
+
+
+class OwnServer:
+    """`chargedesk serve` on a migrated database seeded with the demo network."""
+
+    def __init__(self, directory: Path, database_url: str | None) -> None:
+        self.directory = directory
+        self.url = database_url or f"sqlite:///{directory / 'bench.db'}"
+        self.proc: asyncio.subprocess.Process | None = None
+        self.log = directory / "server.log"
+
+    @property
+    def database_label(self) -> str:
+        return self.url.split("://", 1)[0].split("+", 1)[0]
+
+    async def start(self, say: Progress) -> str:
+        say("migrating and seeding the demo network")
+        await asyncio.to_thread(_prepare_database, self.url, self.directory)
+        port = _free_port()
+        env = {
+            **os.environ,
+            "CHARGEDESK_DATABASE_URL": self.url,
+            "CHARGEDESK_DATA_DIR": str(self.directory),
+            "CHARGEDESK_LOG_LEVEL": "WARNING",
+            "CHARGEDESK_SCHEDULER": "false",
+            "CHARGEDESK_NLU_WARM_UP": "true",
+        }
+        with self.log.open("ab") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", "from chargedesk.cli import app; app()",
+                "serve", "--host", "127.0.0.1", "--port", str(port),
+                stdout=out, stderr=out, env=env, cwd=self.directory,
+            )
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        async with httpx.AsyncClient(base_url=base) as client:
+            while True:
+                if self.proc.returncode is not None:
+                    raise RuntimeError(f"chargedesk serve exited:\n{_tail(self.log)}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get("/healthz", timeout=2)).status_code == 200:
+                        return base
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"chargedesk serve did not come up:\n{_tail(self.log)}")
+                await asyncio.sleep(0.2)
+
+    async def stop(self) -> None:
+        if self.proc is not None:
+            await _end_process(self.proc, 15)
+
+
+def _prepare_database(url: str, directory: Path) -> None:
+    from chargedesk import demo
+    from chargedesk.db import dispose, make_engine, upgrade
+    from chargedesk.settings import Settings
+
+    # The NLU model is cached per data directory: reuse the user's, or train it once.
+    models = Path(os.environ.get("CHARGEDESK_DATA_DIR", "var")).resolve() / "models"
+    if models.is_dir():
+        with contextlib.suppress(OSError):
+            (directory / "models").symlink_to(models, target_is_directory=True)
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        settings = Settings(database_url=url, data_dir=directory, scheduler=False)
+        demo.prepare(engine, demo.load_demo(), settings=settings)
+    finally:
+        dispose(engine)
+
+
+# ---------------------------------------------------------------- report
+
+
+def summary(figures: dict[str, Any]) -> str:
+    chat, base = figures["chat"], figures["healthz"]
+    lines = [
+        f"bench chat: {figures['conversations']} conversations x {figures['turns']} turns, "
+        f"offered {figures['rate']:g} turns/s, {figures['database']}, "
+        f"{figures['cpus']} CPUs",
+        f"{'':10} {'per s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7}",
+    ]
+    for name, row in (("chat", chat), ("/healthz", base)):
+        errors = sum(row["errors"].values()) + row["empty_answers"]
+        lines.append(f"{name:10} {_num(row['per_s']):>8} {_num(row['p50_ms']):>8} "
+                     f"{_num(row['p99_ms']):>8} {_num(row['max_ms']):>8} {errors:>7}")
+    ratio = figures["ratio"]
+    lines.append(f"chat / healthz: p50 x{ratio['p50_ms']}, p99 x{ratio['p99_ms']}")
+    lines.append("targets met" if not figures["failures"]
+                 else "missed: " + "; ".join(figures["failures"]))
+    return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
