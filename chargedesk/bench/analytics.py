@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import csv
 import heapq
-import os
 import statistics
 import threading
 import time
@@ -48,14 +47,19 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from chargedesk.bench.billing import Sink
-from chargedesk.db import make_engine, normalise_url, upgrade
+from chargedesk.bench.database import (
+    BenchError,
+    Database,
+    drop_own_schema,
+    open_database,
+)
+from chargedesk.db import make_engine
 
 Progress = Callable[[str], None]
 
-DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 DEFAULT_SCHEMA = "bench_analytics"
 DATA_FILE = (Path(__file__).resolve().parents[3] / "shared" / "data" / "sessions"
              / "trondheim_residential_2018-2020.csv")
@@ -76,10 +80,6 @@ BASELINE_SQL = ("SELECT station_id, count(*), sum(energy_wh), sum(charging_s), s
 TABLES = ("site", "station", "connector", "site_grid", "usage_session")
 USAGE_COLUMNS = ("station_id", "connector_id", "site_id", "plugged_in_at", "unplugged_at",
                  "charging_s", "idle_s", "energy_wh", "outcome")
-
-
-class BenchError(RuntimeError):
-    """The bench could not run, or its results do not check out."""
 
 
 # ---------------------------------------------------------------- learning the patterns
@@ -250,43 +250,8 @@ def generate(patterns: Patterns, *, sessions: int, seed: int = 1) -> Network:
 # ---------------------------------------------------------------- the database
 
 
-@dataclass
-class Database:
-    url: str
-    engine: Any
-    schema: str | None
-
-    @property
-    def postgres(self) -> bool:
-        return self.engine.dialect.name == "postgresql"
-
-
 def _open(url: str | None, schema: str, say: Progress) -> Database:
-    ours = None
-    if url is None:
-        base = os.environ.get("CHARGEDESK_BENCH_POSTGRES_URL", DEFAULT_POSTGRES_URL)
-        admin = create_engine(normalise_url(base))
-        try:
-            with admin.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-                conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        except Exception as exc:
-            raise BenchError(f"PostgreSQL unreachable at {base}: {exc}") from exc
-        finally:
-            admin.dispose()
-        separator = "&" if "?" in base else "?"
-        url, ours = f"{base}{separator}options=-csearch_path%3D{schema}", schema
-        say(f"fresh schema {schema} on {base.split('@')[-1]}")
-    say("migrating")
-    upgrade(url)
-    engine = make_engine(url)
-    with engine.connect() as conn:
-        existing = conn.execute(text("SELECT count(*) FROM usage_session")).scalar_one()
-        existing += conn.execute(text("SELECT count(*) FROM station")).scalar_one()
-    if existing:
-        engine.dispose()
-        raise BenchError("the database is not empty; the bench needs a fresh one")
-    return Database(url, engine, ours)
+    return open_database(url, schema, say, must_be_empty=('usage_session', 'station'))
 
 
 def _timestamps(epoch: list[float], *, postgres: bool) -> list[str]:
@@ -344,14 +309,7 @@ def _close(db: Database, keep: bool, say: Progress) -> None:
     if keep:
         say(f"kept: {db.url}")
         return
-    if db.schema is not None:
-        admin = create_engine(normalise_url(db.url.split("?")[0]))
-        try:
-            with admin.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA IF EXISTS "{db.schema}" CASCADE'))
-        finally:
-            admin.dispose()
-        say(f"dropped schema {db.schema}")
+    if drop_own_schema(db, say):
         return
     # Someone else's database: take out the bench's rows, children first.
     engine = make_engine(db.url)

@@ -48,14 +48,19 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Engine, bindparam, create_engine, text
+from sqlalchemy import bindparam, text
 
 from chargedesk.bench import stats
-from chargedesk.db import make_engine, normalise_url, session_scope, upgrade
+from chargedesk.bench.database import (
+    BenchError,
+    Database,
+    drop_own_schema,
+    open_database,
+)
+from chargedesk.db import make_engine, normalise_url, session_scope
 
 Progress = Callable[[str], None]
 
-DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 DEFAULT_SCHEMA = "bench_billing"
 ZONE = "Europe/Stockholm"
 PERIOD_START = date(2026, 10, 1)
@@ -124,10 +129,6 @@ WHERE s.status = 'rated' AND s.invoice_id IS NULL AND s.driver_id IS NOT NULL
   AND s.end_at < :cutoff AND s.rated_at <= :snapshot
 GROUP BY s.driver_id, l.vat_rate
 """
-
-
-class BenchError(RuntimeError):
-    """The bench could not run, or its results do not check out."""
 
 
 # ---------------------------------------------------------------- the sessions
@@ -512,43 +513,8 @@ def _round(value: float | None, places: int = 1) -> float | None:
 # ---------------------------------------------------------------- the database
 
 
-@dataclass
-class Database:
-    url: str
-    engine: Engine
-    schema: str | None  # ours to drop; None for a database the caller gave
-
-    @property
-    def postgres(self) -> bool:
-        return self.engine.dialect.name == "postgresql"
-
-
 def _open_database(url: str | None, schema: str, say: Progress) -> Database:
-    ours = None
-    if url is None:
-        base = os.environ.get("CHARGEDESK_BENCH_POSTGRES_URL", DEFAULT_POSTGRES_URL)
-        admin = create_engine(normalise_url(base))
-        try:
-            with admin.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-                conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        except Exception as exc:
-            raise BenchError(f"PostgreSQL unreachable at {base}: {exc}") from exc
-        finally:
-            admin.dispose()
-        separator = "&" if "?" in base else "?"
-        url, ours = f"{base}{separator}options=-csearch_path%3D{schema}", schema
-        say(f"fresh schema {schema} on {base.split('@')[-1]}")
-    say("migrating")
-    upgrade(url)
-    engine = make_engine(url)
-    with engine.connect() as conn:
-        existing = conn.execute(text("SELECT count(*) FROM charging_session")).scalar_one()
-        existing += conn.execute(text("SELECT count(*) FROM driver")).scalar_one()
-    if existing:
-        engine.dispose()
-        raise BenchError("the database is not empty; the bench needs a fresh one")
-    return Database(url, engine, ours)
+    return open_database(url, schema, say, must_be_empty=('charging_session', 'driver'))
 
 
 def _prepare(db: Database, *, drivers: int, say: Progress) -> None:
@@ -609,15 +575,7 @@ def _close_database(db: Database, keep: bool, say: Progress) -> None:
     if keep:
         say(f"kept: {db.url}")
         return
-    if db.schema is not None:
-        admin = create_engine(normalise_url(db.url.split("?")[0]))
-        try:
-            with admin.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA IF EXISTS "{db.schema}" CASCADE'))
-        finally:
-            admin.dispose()
-        say(f"dropped schema {db.schema}")
-    else:
+    if not drop_own_schema(db, say):
         # Someone else's database: leave it as the bench found it, but for the rows.
         engine = make_engine(db.url)
         try:
