@@ -485,8 +485,45 @@ def describe_hours(hours: Iterable[int]) -> str:
 # ---------------------------------------------------------------- per site and hour of week
 
 
+class VisitRatios:
+    """Ratios of the summed visit figures a stats table holds (sites by hours, or stations)."""
+
+    occupied_s: FloatArray
+    available_s: FloatArray
+    closed: FloatArray
+    duration_s: FloatArray
+    charging_s: FloatArray
+    idle_s: FloatArray
+    failed: FloatArray
+    faulted: FloatArray
+
+    @property
+    def utilisation(self) -> FloatArray:
+        return _ratio(self.occupied_s, self.available_s)
+
+    @property
+    def mean_duration_s(self) -> FloatArray:
+        return _ratio(self.duration_s, self.closed)
+
+    @property
+    def mean_charging_s(self) -> FloatArray:
+        return _ratio(self.charging_s, self.closed)
+
+    @property
+    def idle_share(self) -> FloatArray:
+        return _ratio(self.idle_s, self.duration_s)
+
+    @property
+    def failed_share(self) -> FloatArray:
+        return _ratio(self.failed, self.closed)
+
+    @property
+    def fault_rate(self) -> FloatArray:
+        return _ratio(self.faulted, self.closed)
+
+
 @dataclass
-class SiteHours:
+class SiteHours(VisitRatios):
     """Per site (rows) and local hour of week (168 columns)."""
 
     sites: list[str | None]
@@ -508,32 +545,8 @@ class SiteHours:
     daily_energy_wh: FloatArray
 
     @property
-    def utilisation(self) -> FloatArray:
-        return _ratio(self.occupied_s, self.available_s)
-
-    @property
     def arrivals_per_hour(self) -> FloatArray:
         return _ratio(self.started, self.occurrences)
-
-    @property
-    def mean_duration_s(self) -> FloatArray:
-        return _ratio(self.duration_s, self.closed)
-
-    @property
-    def mean_charging_s(self) -> FloatArray:
-        return _ratio(self.charging_s, self.closed)
-
-    @property
-    def idle_share(self) -> FloatArray:
-        return _ratio(self.idle_s, self.duration_s)
-
-    @property
-    def failed_share(self) -> FloatArray:
-        return _ratio(self.failed, self.closed)
-
-    @property
-    def fault_rate(self) -> FloatArray:
-        return _ratio(self.faulted, self.closed)
 
     @property
     def pointwise_load(self) -> FloatArray:
@@ -694,7 +707,7 @@ def site_hours(v: Visits, inv: Inventory, *, start: datetime, end: datetime,
 
 
 @dataclass
-class StationStats:
+class StationStats(VisitRatios):
     """Per station over the whole period."""
 
     stations: list[str]
@@ -710,30 +723,6 @@ class StationStats:
     energy_wh: FloatArray
     failed: FloatArray
     faulted: FloatArray
-
-    @property
-    def utilisation(self) -> FloatArray:
-        return _ratio(self.occupied_s, self.available_s)
-
-    @property
-    def mean_duration_s(self) -> FloatArray:
-        return _ratio(self.duration_s, self.closed)
-
-    @property
-    def mean_charging_s(self) -> FloatArray:
-        return _ratio(self.charging_s, self.closed)
-
-    @property
-    def idle_share(self) -> FloatArray:
-        return _ratio(self.idle_s, self.duration_s)
-
-    @property
-    def failed_share(self) -> FloatArray:
-        return _ratio(self.failed, self.closed)
-
-    @property
-    def fault_rate(self) -> FloatArray:
-        return _ratio(self.faulted, self.closed)
 
 
 def station_stats(v: Visits, inv: Inventory, *, start: datetime, end: datetime,

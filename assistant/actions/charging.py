@@ -15,10 +15,10 @@ from assistant.actions import context, queries, safety
 from assistant.actions.common import (
     clock,
     failed,
-    int_slot,
     number,
     offset,
     refused,
+    station_and_connector,
     station_slot,
     text_slot,
     verified_driver,
@@ -44,11 +44,10 @@ class ActionCableStuck(Action):
         driver = await verified_driver(dispatcher, tracker)
         if driver is None:
             return []
-        station_id, connector = station_slot(tracker), int_slot(tracker, "connector")
-        if station_id is None or connector is None:
-            dispatcher.utter_message(response="utter_ask_station_id" if station_id is None
-                                     else "utter_ask_connector")
+        wanted = station_and_connector(dispatcher, tracker)
+        if wanted is None:
             return []
+        station_id, connector = wanted
         runtime = context.current()
         try:
             await context.db(safety.check_unlock, station_id=station_id,
@@ -133,11 +132,10 @@ class ActionStartCharging(Action):
         driver = await verified_driver(dispatcher, tracker)
         if driver is None:
             return []
-        station_id, connector = station_slot(tracker), int_slot(tracker, "connector")
-        if station_id is None or connector is None:
-            dispatcher.utter_message(response="utter_ask_station_id" if station_id is None
-                                     else "utter_ask_connector")
+        wanted = station_and_connector(dispatcher, tracker)
+        if wanted is None:
             return []
+        station_id, connector = wanted
         runtime = context.current()
         try:
             tag, verdict, status = await context.db(

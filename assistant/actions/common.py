@@ -91,6 +91,17 @@ def station_slot(tracker: Tracker) -> str | None:
     return value.upper() if value else None
 
 
+def station_and_connector(dispatcher: CollectingDispatcher, tracker: Tracker
+                          ) -> tuple[str, int] | None:
+    """The station and connector the driver means, or None after asking for what's missing."""
+    station_id, connector = station_slot(tracker), int_slot(tracker, "connector")
+    if station_id is None or connector is None:
+        dispatcher.utter_message(response="utter_ask_station_id" if station_id is None
+                                 else "utter_ask_connector")
+        return None
+    return station_id, connector
+
+
 def int_slot(tracker: Tracker, name: str) -> int | None:
     value = tracker.get_slot(name)
     try:
