@@ -14,8 +14,10 @@ Rules, each against a way to abuse it:
 - :data:`CODES_PER_CONTACT` per :data:`CONTACT_WINDOW` for one address (nobody's inbox is
   flooded) and :data:`CODES_PER_SENDER` per :data:`SENDER_WINDOW` for one conversation.
 
-Codes go by e-mail only. A phone number finds the driver, but the code still goes to the
-account's e-mail address: there is no SMS path yet (Twilio comes with the SMS channel).
+Codes go to the address given: an e-mail address gets an e-mail; a phone number a text,
+when the SMS channel is installed (it registers with :func:`set_sms_codes`), else an e-mail
+to the account's address. Which way depends only on what was typed and on the
+installation, never on whether an account has it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
+import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import EmailMessage as MimeMessage
@@ -66,10 +70,36 @@ class Verification:
     contacts. ``message_id`` is internal (the e-mail to deliver now) and never shown."""
 
     status: Literal["sent", "rate_limited"]
-    via: Literal["email"] = "email"
+    via: Literal["email", "sms"] = "email"
     expires_at: datetime | None = None
     retry_after_s: int = 0
-    message_id: int | None = None
+    message_id: int | None = None  # via "sms": the text's row in the SMS channel's table
+
+
+@dataclass(frozen=True)
+class SmsCodes:
+    """How the SMS channel sends codes: ``queue(session, phone=, text=)`` writes the text in
+    the verification's transaction (its id); ``send(id)`` sends it once committed (True
+    when Twilio took it; else the channel retries it)."""
+
+    queue: Callable[..., int | None]
+    send: Callable[[int], Awaitable[bool]]
+
+
+_sms_codes: weakref.WeakKeyDictionary[Engine, SmsCodes] = weakref.WeakKeyDictionary()
+
+
+def set_sms_codes(engine: Engine, codes: SmsCodes | None) -> None:
+    """Send codes for phone numbers by text on this database's service (or stop)."""
+    if codes is None:
+        _sms_codes.pop(engine, None)
+    else:
+        _sms_codes[engine] = codes
+
+
+def _sms_for(session: Session) -> SmsCodes | None:
+    bind = session.get_bind()
+    return _sms_codes.get(bind if isinstance(bind, Engine) else bind.engine)
 
 
 def normalise_contact(contact: str) -> str:
@@ -159,6 +189,16 @@ def start_verification(
         created_at=now, expires_at=now + CODE_TTL,
     )
     message_id: int | None = None
+    sms = _sms_for(session) if "@" not in normalised else None
+    if sms is not None:
+        if driver is not None:
+            message_id = sms.queue(session, phone=normalised,
+                                   text=code_text(code, driver.language))
+            row.sent_via = "sms" if message_id is not None else None
+        session.add(row)
+        session.flush()
+        return Verification(status="sent", via="sms", expires_at=row.expires_at,
+                            message_id=message_id)
     if driver is not None and driver.email:
         subject, body = code_mail(code, driver.language)
         message = queue_email(session, to_address=driver.email, subject=subject, body=body,
@@ -212,6 +252,16 @@ def code_mail(code: str, language: Language | str) -> tuple[str, str]:
             "meddelandet; ingen kan logga in utan koden.\n")
 
 
+def code_text(code: str, language: Language | str) -> str:
+    """The text message carrying a code, in the driver's language."""
+    minutes = int(CODE_TTL.total_seconds() // 60)
+    if str(language) == Language.en.value:
+        return (f"Your ChargeDesk code: {code}. Valid for {minutes} minutes. If you did not "
+                "ask for it, ignore this text.")
+    return (f"Din kod till ChargeDesk: {code}. Den gäller i {minutes} minuter. Har du inte "
+            "bett om den kan du bortse från sms:et.")
+
+
 # ---------------------------------------------------------------- delivery
 
 
@@ -233,6 +283,11 @@ async def deliver_code(engine: Engine, settings: Settings, verification: Verific
     """Send a code's e-mail at once rather than at the mailer's next round (a driver is
     waiting for it). Without SMTP settings, or on failure, the message stays queued for the
     mailer, which retries it. True when the server accepted it."""
+    if verification.via == "sms":
+        sms = _sms_codes.get(engine)
+        if verification.message_id is None or sms is None:
+            return False
+        return await sms.send(verification.message_id)
     if verification.message_id is None or not settings.smtp_host:
         return False
     claimed = await run_in_session(engine, _claim, message_id=verification.message_id,

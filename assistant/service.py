@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -49,6 +50,34 @@ def _lock(channel: str, sender: str) -> asyncio.Lock:
     return lock
 
 
+# What others add to a handoff turn (the support desk: when a person will answer, outside
+# business hours): ``note(runtime, conversation, reason, intent)`` → messages. Kept per
+# runtime; see :func:`add_handoff_note`.
+HandoffNote = Callable[[Any, store.Snapshot, str, str | None],
+                       Awaitable[list[dict[str, Any]]]]
+
+
+def add_handoff_note(runtime: Any, note: HandoffNote) -> None:
+    """Have ``note`` add messages to every turn that hands a conversation over."""
+    notes: list[HandoffNote] | None = getattr(runtime, "handoff_notes", None)
+    if notes is None:
+        notes = []
+        runtime.handoff_notes = notes
+    notes.append(note)
+
+
+async def _handoff_notes(runtime: Any, dialogue: DialogueEngine, turn: Turn) -> None:
+    intent = turn.state.get("topic") or turn.conversation.latest_intent
+    for note in getattr(runtime, "handoff_notes", ()):
+        try:
+            messages = await note(runtime, turn.conversation, str(turn.escalate), intent)
+        except Exception:  # a note is a courtesy: the handoff goes on without it
+            log.exception("handoff note failed")
+            continue
+        for message in messages:
+            dialogue.send(turn, message, name="utter_handoff_note")
+
+
 def parse(text: str, *, today: date) -> dict[str, Any]:
     """A quick-reply payload as is, anything else through the NLU."""
     payload = parse_payload(text)
@@ -57,6 +86,21 @@ def parse(text: str, *, today: date) -> dict[str, Any]:
     from assistant.nlu.engine import get_engine
 
     return get_engine().parse(text, today=today)
+
+
+_nlu_loaded = False
+
+
+async def _parse(text: str, *, today: date) -> dict[str, Any]:
+    """:func:`parse` on the event loop once the NLU model is loaded (a parse is half a
+    millisecond of Python, cheaper than a hop to a thread); the first, which may load or
+    train the model, in a thread."""
+    global _nlu_loaded
+    if _nlu_loaded:
+        return parse(text, today=today)
+    parsed = await asyncio.to_thread(parse, text, today=today)
+    _nlu_loaded = parse_payload(text) is None
+    return parsed
 
 
 async def handle_message(
@@ -75,19 +119,33 @@ async def handle_message(
     dialogue = DialogueEngine(domain=domain, policy=policy_module.get_policy(),
                               runtime=runtime)
     today = datetime.now(ZoneInfo(settings.time_zone)).date()
+    who = None if identity is None else (identity.driver_id, identity.verified)
+    conversations = store.cache_for(runtime.engine)
     async with _lock(channel, sender):
-        snapshot = await run_in_session(
-            runtime.engine, store.load_conversation, channel=channel, sender=sender,
-            initial_slots=domain.initial_slots(), expiry=expiry,
-            identity=None if identity is None else (identity.driver_id, identity.verified))
-        parsed = await asyncio.to_thread(parse, text, today=today)
+        # The state the last turn left in memory; the database only for one not seen here.
+        snapshot = conversations.checkout(
+            channel=channel, sender=sender, initial_slots=domain.initial_slots(),
+            expiry=expiry, identity=who)
+        if snapshot is None:
+            snapshot = await run_in_session(
+                runtime.engine, store.load_conversation, channel=channel, sender=sender,
+                initial_slots=domain.initial_slots(), expiry=expiry, identity=who)
+        parsed = await _parse(text, today=today)
         if metadata:
             parsed = {**parsed, "metadata": metadata}
         seed = f"{snapshot.id}:{snapshot.session_number}:{len(snapshot.events)}"
         turn = Turn(conversation=snapshot, parse=parsed, rng=random.Random(seed))
         await dialogue.handle(turn)
-        escalation = await run_in_session(runtime.engine, _save, snapshot=snapshot,
-                                          expiry=expiry, turn=turn, settings=settings)
+        if turn.escalate is not None:
+            await _handoff_notes(runtime, dialogue, turn)
+        # Saved before anyone hears the answer; a turn that fails leaves no cached copy.
+        escalation = None
+        if turn.escalate is None:
+            await store.writer_for(runtime.engine).save(snapshot, expiry)
+        else:
+            escalation = await run_in_session(runtime.engine, _escalate, snapshot=snapshot,
+                                              expiry=expiry, turn=turn, settings=settings)
+        conversations.keep(snapshot)
     for message in turn.messages:
         await runtime.bus.publish(BotUttered(channel=channel, sender=sender, message=message))
     if escalation is not None:
@@ -97,15 +155,15 @@ async def handle_message(
     return turn.messages
 
 
-def _save(session: Any, *, snapshot: store.Snapshot, expiry: timedelta, turn: Turn,
-          settings: Any) -> int | None:
+def _escalate(session: Any, *, snapshot: store.Snapshot, expiry: timedelta, turn: Turn,
+              settings: Any) -> int:
+    """Save a turn that hands the conversation over, with its escalation."""
     store.save_turn(session, snapshot=snapshot, expiry=expiry)
-    if turn.escalate is None:
-        return None
     session.flush()
     intent = turn.state.get("topic") or snapshot.latest_intent
-    row = store.record_escalation(session, conversation_id=snapshot.id, reason=turn.escalate,
-                                  intent=intent, slots=snapshot.slots, settings=settings)
+    row = store.record_escalation(session, conversation_id=snapshot.id,
+                                  reason=str(turn.escalate), intent=intent,
+                                  slots=snapshot.slots, settings=settings)
     log.info("conversation escalated", conversation_id=snapshot.id, reason=str(row.reason),
              escalation_id=row.id)
-    return row.id
+    return row.id or 0

@@ -13,6 +13,8 @@ class LowBalance(Event):
     balance_ore: int
     threshold_ore: int
     currency: str
+    # The ledger entry that crossed the threshold: one notice per fall, not per publication.
+    entry_id: int | None = None
 
 
 class SessionRated(Event):

@@ -10,13 +10,20 @@ taken from its series under a row lock in that same transaction: an invoice that
 gives its number back, so the numbers of committed invoices have no gaps. The run commits one
 batch of drivers at a time; a run that crashes leaves whole batches behind, and running it
 again invoices exactly the drivers still missing (``run_key`` is unique per driver and period).
+
+On PostgreSQL a batch's invoices are stored, with their lines, and its sessions linked to
+them before its numbers are taken: under provisional numbers (minus the invoice's id), which
+the same transaction replaces with the real ones just before it commits. Nobody ever sees a
+provisional number, and no issued invoice is edited; this keeps the numbering lock, which
+serialises the batches, to the last moment of each, so batches can be prepared side by side.
 """
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -266,7 +273,8 @@ BUYER_FIELDS = (
 
 
 def _new_invoice(
-    *, kind: InvoiceKind, series: str, number: int, driver: Buyer, lines: Sequence[LineSpec],
+    *, kind: InvoiceKind, series: str, number: int | None, driver: Buyer,
+    lines: Sequence[LineSpec],
     issue_date: date, settings: Settings, seller: str, run_id: int | None = None,
     period_start: date | None = None, period_end: date | None = None,
     credits: Invoice | None = None, reason: str | None = None,
@@ -291,7 +299,9 @@ def _new_invoice(
         "due_date": issue_date + timedelta(days=settings.invoice_due_days),
         "currency": driver.currency, "net_ore": net, "vat_ore": vat_total,
         "total_ore": net + vat_total, "vat_breakdown": json.dumps(vat),
-        "ocr": ocr_reference(kind, number), "language": driver.language,
+        # A run numbers its invoices when it writes them (None until then).
+        "ocr": None if number is None else ocr_reference(kind, number),
+        "language": driver.language,
         "payment_method": driver.payment_method, "status": status,
         "credits_invoice_id": credits.id if credits is not None else None,
         "buyer_name": driver.name, "buyer_address": driver.address,
@@ -344,10 +354,7 @@ def _summed_lines(
         .group_by(ChargingSession.driver_id, SessionCostLine.dimension, SessionCostLine.unit,
                   SessionCostLine.unit_price, SessionCostLine.vat_rate)
     ).all()
-    out: dict[int, list[Any]] = defaultdict(list)
-    for driver_id, dimension, unit, price, rate, qty, net in rows:
-        out[driver_id].append((dimension, unit, Decimal(price), rate, Decimal(qty), int(net)))
-    return out
+    return _group_summed(rows)
 
 
 def _line_specs(driver: Buyer, summed: list[Any]) -> list[LineSpec]:
@@ -398,8 +405,14 @@ def run_invoices(
     """Invoice every driver with rated, unbilled sessions that ended before the period's end.
 
     Commits a batch of drivers at a time. Re-running a period (after a crash, or by hand)
-    invoices only the drivers who have no invoice for it yet. ``after_invoice`` runs inside
-    each invoice's transaction (direct-debit payments are created there)."""
+    invoices only the drivers who have no invoice for it yet. ``after_batch`` runs inside
+    each batch's transaction (direct-debit payments are created there).
+
+    On PostgreSQL the batches are pipelined (:func:`_run_pipelined`): the next batches are
+    prepared, each in its own transaction, while the oldest one is numbered and committed.
+    Numbers are still taken in commit order under the series' row lock, so they stay
+    gapless and in driver order; a batch that fails stops the run, and the batches prepared
+    ahead are rolled back."""
     if period_start.day != 1:
         raise BillingError("an invoice period starts on the first day of a month")
     period_end, cutoff = period_bounds(period_start, settings.time_zone)
@@ -407,7 +420,6 @@ def run_invoices(
     if issue_date < period_end:
         raise BillingError(f"the period {period_start:%Y-%m} has not ended on {issue_date}")
     snapshot = utcnow()
-    seller = seller_snapshot(settings)
     with session_scope(engine) as session:
         run = InvoiceRun(period_start=period_start, period_end=period_end, started_by=started_by)
         session.add(run)
@@ -431,21 +443,45 @@ def run_invoices(
         ).one()
     log.info("invoice run started", run_id=run_id, period=f"{period_start:%Y-%m}",
              drivers=len(drivers))
+    batches = [
+        [d for d in drivers[first:first + batch_size] if d is not None]
+        for first in range(0, len(drivers), batch_size)
+    ]
+    job = _RunJob(
+        run_id=run_id, period_start=period_start, period_end=period_end, cutoff=cutoff,
+        snapshot=snapshot, issue_date=issue_date, settings=settings,
+        seller=seller_snapshot(settings), after_batch=after_batch,
+        postgres=engine.dialect.name == "postgresql",
+    )
+    invoice_ids: dict[int, int] = {}
+    if job.postgres and drivers:
+        # Invoice ids for every driver of the run, in driver order, taken at once: batches
+        # are prepared side by side, and their invoices' ids still follow their numbers.
+        # A driver left without an invoice leaves a gap in the ids (never in the numbers).
+        with engine.connect() as connection:
+            invoice_ids = dict(zip(drivers, connection.execute(
+                text("SELECT nextval(pg_get_serial_sequence('invoice', 'id'))"
+                     " FROM generate_series(1, :count)"), {"count": len(drivers)}
+            ).scalars(), strict=True))
+            connection.commit()
     count = total = 0
+
+    def batch_done(made: int, amount: int, number: int) -> None:
+        nonlocal count, total
+        count += made
+        total += amount
+        if on_batch is not None:
+            on_batch(min((number + 1) * batch_size, len(drivers)), len(drivers))
+
     try:
-        for first in range(0, len(drivers), batch_size):
-            batch = [d for d in drivers[first:first + batch_size] if d is not None]
-            with session_scope(engine) as session:
-                made, amount = _invoice_batch(
-                    session, driver_ids=batch, run_id=run_id, period_start=period_start,
-                    period_end=period_end, cutoff=cutoff, snapshot=snapshot,
-                    issue_date=issue_date, settings=settings, seller=seller,
-                    after_batch=after_batch,
-                )
-            count += made
-            total += amount
-            if on_batch is not None:
-                on_batch(min(first + batch_size, len(drivers)), len(drivers))
+        if job.postgres and len(batches) > 1:
+            _run_pipelined(engine, batches, job, invoice_ids, batch_done)
+        else:
+            for number, batch in enumerate(batches):
+                with session_scope(engine) as session:
+                    prepared = _prepare_batch(session, batch, job, invoice_ids)
+                    made, amount = _issue_batch(prepared, job)
+                batch_done(made, amount, number)
     except Exception as exc:
         with session_scope(engine) as session:
             _finish_run(session, run_id, "failed", count, total, error=str(exc)[:1000])
@@ -466,58 +502,241 @@ def _finish_run(
     session.add(run)
 
 
-def _invoice_batch(
-    session: Session, *, driver_ids: list[int], run_id: int, period_start: date,
-    period_end: date, cutoff: datetime, snapshot: datetime, issue_date: date,
-    settings: Settings, seller: str, after_batch: Callable[[Session, list[int]], None] | None,
-) -> tuple[int, int]:
-    # Lock the sessions this batch bills: a re-rating that commits meanwhile waits, then
-    # finds them invoiced and corrects them with a credit note instead. Counted, not fetched:
-    # the lock is all that is wanted, and a batch holds some ten thousand sessions.
-    session.execute(
-        select(func.count()).select_from(
-            select(ChargingSession.id)
-            .where(col(ChargingSession.driver_id).in_(driver_ids),
-                   _open_sessions_filter(cutoff, snapshot))
-            .with_for_update()
-            .subquery()
+@dataclass(frozen=True)
+class _RunJob:
+    """What every batch of one run shares."""
+
+    run_id: int
+    period_start: date
+    period_end: date
+    cutoff: datetime
+    snapshot: datetime
+    issue_date: date
+    settings: Settings
+    seller: str
+    after_batch: Callable[[Session, list[int]], None] | None
+    postgres: bool
+
+
+@dataclass
+class _Batch:
+    """A batch prepared in its own transaction, not yet numbered: its sessions locked, its
+    invoices built (on PostgreSQL also stored, with their lines, and its sessions linked)."""
+
+    session: Session
+    invoices: list[dict[str, Any]]  # one per billed driver, in driver order
+    line_rows: list[dict[str, Any]]  # SQLite: keyed by driver_id until the invoice exists
+
+
+# Batches prepared at once on PostgreSQL, each in its own transaction and connection, while
+# the oldest is numbered and committed: the storing and linking, most of a run, then use
+# both cores of a small server instead of one.
+PREPARED_AHEAD = 2
+
+
+def _run_pipelined(
+    engine: Engine, batches: list[list[int]], job: _RunJob, invoice_ids: dict[int, int],
+    batch_done: Callable[[int, int, int], None],
+) -> None:
+    """Prepare the next batches on worker threads while this thread numbers and commits the
+    oldest one, in order. Preparing locks only the batch's own sessions and stores invoices
+    under provisional numbers; numbers are taken under the series' row lock by this thread
+    alone, just before each commit, so they are gapless and in driver order. When a batch
+    fails, the run stops and the batches prepared ahead are rolled back."""
+
+    def prepare(batch: list[int]) -> _Batch:
+        session = Session(engine, expire_on_commit=False)
+        try:
+            return _prepare_batch(session, batch, job, invoice_ids)
+        except BaseException:
+            session.rollback()
+            session.close()
+            raise
+
+    with ThreadPoolExecutor(PREPARED_AHEAD, thread_name_prefix="invoice-run") as workers:
+        ahead: deque[Future[_Batch]] = deque(
+            workers.submit(prepare, batch) for batch in batches[:PREPARED_AHEAD]
         )
-    ).one()
-    summed = _summed_lines(session, driver_ids=driver_ids, cutoff=cutoff, snapshot=snapshot)
+        try:
+            for number in range(len(batches)):
+                current = ahead.popleft().result()
+                if number + PREPARED_AHEAD < len(batches):
+                    ahead.append(workers.submit(prepare, batches[number + PREPARED_AHEAD]))
+                with current.session as session:
+                    try:
+                        made, amount = _issue_batch(current, job)
+                        session.commit()
+                    except BaseException:
+                        session.rollback()
+                        raise
+                batch_done(made, amount, number)
+        finally:
+            for future in ahead:  # prepared for a run that failed: never committed
+                try:
+                    unissued = future.result()
+                except BaseException:
+                    continue  # its own failure is not the run's: the run failed already
+                unissued.session.rollback()
+                unissued.session.close()
+
+
+def _prepare_batch(
+    session: Session, driver_ids: list[int], job: _RunJob, invoice_ids: dict[int, int],
+) -> _Batch:
+    """Lock the batch's sessions, sum their cost lines per driver and build the invoices;
+    on PostgreSQL also store them under provisional numbers (minus their id) with their
+    lines, and link exactly the sessions summed.
+
+    The lock comes first: a re-rating that commits meanwhile waits, then finds the session
+    invoiced and corrects it with a credit note instead; a cost line added to a locked
+    session (a dispute's credit) waits as well."""
+    cutoff, snapshot = job.cutoff, job.snapshot
+    if job.postgres:
+        # The locked sessions' ids and drivers come back as two lists in text, and go back
+        # to the server in that form: the ids are never needed in Python, and a batch holds
+        # some ten thousand of them, which as Python lists cost more to fetch and to bind
+        # (psycopg dumps a list element by element) than the statements themselves.
+        session_ids, session_drivers = session.execute(
+            text(
+                "SELECT '{' || coalesce(string_agg(CAST(id AS TEXT), ',' ORDER BY id), '') || '}',"
+                " '{' || coalesce(string_agg(CAST(driver_id AS TEXT), ',' ORDER BY id), '')"
+                " || '}'"
+                " FROM (SELECT id, driver_id FROM charging_session"
+                " WHERE driver_id = ANY(CAST(:drivers AS INTEGER[])) AND status = :rated"
+                " AND invoice_id IS NULL AND end_at < :cutoff AND rated_at <= :snapshot"
+                " ORDER BY id FOR UPDATE) AS locked"
+            ).bindparams(bindparam("cutoff", type_=UTCDateTime()),
+                         bindparam("snapshot", type_=UTCDateTime())),
+            {"drivers": _int_array(driver_ids), "rated": SessionStatus.rated.value,
+             "cutoff": cutoff, "snapshot": snapshot},
+        ).one()
+        # The cost lines of exactly the locked sessions, by their ids: no second pass over
+        # the sessions and their filter.
+        summed = _group_summed(session.execute(
+            text(
+                "SELECT s.driver_id, l.dimension, l.unit, l.unit_price, l.vat_rate,"
+                " sum(l.quantity), sum(l.net_ore)"
+                " FROM unnest(CAST(:ids AS INTEGER[]), CAST(:drivers AS INTEGER[]))"
+                " AS s(id, driver_id)"
+                " JOIN session_cost_line l ON l.session_id = s.id"
+                " GROUP BY s.driver_id, l.dimension, l.unit, l.unit_price, l.vat_rate"
+            ),
+            {"ids": session_ids, "drivers": session_drivers},
+        ).all())
+    else:
+        # Counted, not fetched: the lock is all that is wanted (SQLite locks the database
+        # for the write anyway).
+        session.execute(
+            select(func.count()).select_from(
+                select(ChargingSession.id)
+                .where(col(ChargingSession.driver_id).in_(driver_ids),
+                       _open_sessions_filter(cutoff, snapshot))
+                .with_for_update()
+                .subquery()
+            )
+        ).one()
+        session_ids = session_drivers = ""
+        summed = _summed_lines(session, driver_ids=driver_ids, cutoff=cutoff,
+                               snapshot=snapshot)
+    billed = [d for d in driver_ids if d in summed]
+    batch = _Batch(session, [], [])
+    if not billed:
+        return batch
     # The columns an invoice copies, not Driver objects: the ORM would build and track a
     # thousand of them per batch for nothing.
     drivers = {d.id: d for d in session.execute(
         select(*(getattr(Driver, name) for name in BUYER_FIELDS))
-        .where(col(Driver.id).in_(list(summed))))}
-    billed = [d for d in driver_ids if d in summed]
-    if not billed:
-        return 0, 0
-    series = settings.invoice_series
-    first = take_numbers(session, series=series, count=len(billed))
-    invoices, lines_by_driver = [], {}
-    for offset, driver_id in enumerate(billed):
+        .where(col(Driver.id).in_(billed)))}
+    invoice_of = {}
+    for driver_id in billed:
         driver = drivers[driver_id]
+        invoice_id = invoice_ids.get(driver_id)  # None on SQLite: given by the INSERT
         invoice, lines = _new_invoice(
-            kind=InvoiceKind.invoice, series=series, number=first + offset, driver=driver,
-            lines=_line_specs(driver, summed[driver_id]), issue_date=issue_date,
-            settings=settings, seller=seller, run_id=run_id, period_start=period_start,
-            period_end=period_end,
+            kind=InvoiceKind.invoice, series=job.settings.invoice_series, number=None,
+            driver=driver, lines=_line_specs(driver, summed[driver_id]),
+            issue_date=job.issue_date, settings=job.settings, seller=job.seller,
+            run_id=job.run_id, period_start=job.period_start, period_end=job.period_end,
         )
-        invoices.append(invoice)
-        lines_by_driver[driver_id] = lines
-    if session.get_bind().dialect.name == "postgresql":
-        ids = _store_batch_postgresql(session, invoices, lines_by_driver, cutoff, snapshot)
+        if invoice_id is None:
+            key = {"driver_id": driver_id}
+        else:
+            # Provisional, unique, and never seen outside this transaction: the number is
+            # taken in commit order (see _issue_batch).
+            invoice.update(id=invoice_id, number=-invoice_id, ocr=f"-{invoice_id}")
+            invoice_of[driver_id] = invoice_id
+            key = {"invoice_id": invoice_id}
+        batch.invoices.append(invoice)
+        batch.line_rows.extend({**key, **line} for line in lines)
+    if job.postgres:
+        _copy(session, Invoice.__table__, batch.invoices)
+        if batch.line_rows:
+            _copy(session, InvoiceLine.__table__, batch.line_rows)
+        # Exactly the sessions locked above, each to its driver's invoice (a driver whose
+        # lines summed to nothing has none, and keeps its sessions open).
+        session.execute(
+            text(
+                "UPDATE charging_session SET invoice_id = billed.invoice_id"
+                " FROM unnest(CAST(:ids AS INTEGER[]), CAST(:drivers AS INTEGER[]))"
+                " AS locked(id, driver_id)"
+                " JOIN unnest(CAST(:billed AS INTEGER[]), CAST(:invoices AS INTEGER[]))"
+                " AS billed(driver_id, invoice_id) ON billed.driver_id = locked.driver_id"
+                " WHERE charging_session.id = locked.id"
+            ),
+            {"ids": session_ids, "drivers": session_drivers,
+             "billed": _int_array(invoice_of), "invoices": _int_array(invoice_of.values())},
+        )
+    return batch
+
+
+def _issue_batch(batch: _Batch, job: _RunJob) -> tuple[int, int]:
+    """Take the batch's numbers and give them to its invoices (storing them first on
+    SQLite), in its transaction; the caller commits at once, which releases the series."""
+    session, invoices = batch.session, batch.invoices
+    if not invoices:
+        return 0, 0
+    first = take_numbers(session, series=job.settings.invoice_series, count=len(invoices))
+    numbers = range(first, first + len(invoices))
+    if job.postgres:
+        ids = [invoice["id"] for invoice in invoices]
+        session.execute(
+            text(
+                "UPDATE invoice SET number = issued.number, ocr = issued.ocr"
+                " FROM unnest(CAST(:ids AS INTEGER[]), CAST(:numbers AS INTEGER[]),"
+                " CAST(:ocrs AS VARCHAR[])) AS issued(id, number, ocr)"
+                " WHERE invoice.id = issued.id"
+            ),
+            # OCR references are digits only, so they need no quoting in the literal.
+            {"ids": _int_array(ids), "numbers": _int_array(numbers),
+             "ocrs": _int_array(ocr_reference(InvoiceKind.invoice, n) for n in numbers)},
+        )
     else:
-        ids = _store_batch(session, invoices, lines_by_driver, cutoff, snapshot)
-    if after_batch is not None:
-        after_batch(session, list(ids.values()))
+        for invoice, number in zip(invoices, numbers, strict=True):
+            invoice.update(number=number, ocr=ocr_reference(invoice["kind"], number))
+        ids = _store_batch(session, invoices, batch.line_rows, job.cutoff, job.snapshot)
+    if job.after_batch is not None:
+        job.after_batch(session, ids)
     return len(invoices), sum(i["total_ore"] for i in invoices)
 
 
+def _int_array(values: Iterable[int | str]) -> str:
+    """A PostgreSQL array literal of integers (or digit strings), bound as text and cast in
+    the statement: psycopg would dump a list element by element."""
+    return "{" + ",".join(map(str, values)) + "}"
+
+
+def _group_summed(
+    rows: Iterable[Any],
+) -> dict[int, list[tuple[str, str, Decimal, Decimal | None, Decimal, int]]]:
+    out: dict[int, list[Any]] = defaultdict(list)
+    for driver_id, dimension, unit, price, rate, qty, net in rows:
+        out[driver_id].append((dimension, unit, Decimal(price), rate, Decimal(qty), int(net)))
+    return out
+
+
 def _store_batch(
-    session: Session, invoices: list[dict[str, Any]],
-    lines_by_driver: dict[int, list[dict[str, Any]]], cutoff: datetime, snapshot: datetime,
-) -> dict[int, int]:
+    session: Session, invoices: list[dict[str, Any]], line_rows: list[dict[str, Any]],
+    cutoff: datetime, snapshot: datetime,
+) -> list[int]:
     """Insert a batch's invoices and lines and link its sessions, the portable way: each
     statement executed once per row, which costs little in-process (SQLite)."""
     invoice_table = Invoice.__table__
@@ -528,7 +747,11 @@ def _store_batch(
         # Rows with NULLs in different columns still go out as one batched statement.
         execution_options={"render_nulls": True},
     ).all())
-    session.execute(insert(InvoiceLine.__table__), _line_rows(lines_by_driver, ids))
+    session.execute(insert(InvoiceLine.__table__), [
+        {"invoice_id": ids[row["driver_id"]],
+         **{key: value for key, value in row.items() if key != "driver_id"}}
+        for row in line_rows
+    ])
     table = ChargingSession.__table__
     session.execute(
         table.update()
@@ -538,44 +761,7 @@ def _store_batch(
         .values(invoice_id=bindparam("i")),
         [{"d": driver_id, "i": invoice_id} for driver_id, invoice_id in ids.items()],
     )
-    return ids
-
-
-def _store_batch_postgresql(
-    session: Session, invoices: list[dict[str, Any]],
-    lines_by_driver: dict[int, list[dict[str, Any]]], cutoff: datetime, snapshot: datetime,
-) -> dict[int, int]:
-    """The same as :func:`_store_batch` in four statements: the invoice ids taken from their
-    sequence at once, invoices and lines loaded by COPY, and the sessions linked by one
-    UPDATE joined to the (driver, invoice) pairs as arrays. Row by row, a batch cost a round
-    trip, or some kilobytes of SQL text for the driver to parse, per row."""
-    taken = session.execute(
-        text("SELECT nextval(pg_get_serial_sequence('invoice', 'id'))"
-             " FROM generate_series(1, :count)"),
-        {"count": len(invoices)},
-    ).scalars().all()
-    ids: dict[int, int] = {}
-    for invoice, invoice_id in zip(invoices, taken, strict=True):
-        invoice["id"] = invoice_id
-        ids[invoice["driver_id"]] = invoice_id
-    _copy(session, Invoice.__table__, invoices)
-    line_rows = _line_rows(lines_by_driver, ids)
-    if line_rows:
-        _copy(session, InvoiceLine.__table__, line_rows)
-    session.execute(
-        text(
-            "UPDATE charging_session SET invoice_id = billed.invoice_id"
-            " FROM unnest(CAST(:drivers AS INTEGER[]), CAST(:invoices AS INTEGER[]))"
-            " AS billed(driver_id, invoice_id)"
-            " WHERE charging_session.driver_id = billed.driver_id"
-            " AND charging_session.status = :rated AND charging_session.invoice_id IS NULL"
-            " AND charging_session.end_at < :cutoff AND charging_session.rated_at <= :snapshot"
-        ).bindparams(bindparam("cutoff", type_=UTCDateTime()),
-                     bindparam("snapshot", type_=UTCDateTime())),
-        {"drivers": list(ids), "invoices": list(ids.values()),
-         "rated": SessionStatus.rated.value, "cutoff": cutoff, "snapshot": snapshot},
-    )
-    return ids
+    return list(ids.values())
 
 
 def _copy(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
@@ -605,13 +791,6 @@ def _copy(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
     ) as copy:
         for row in zip(*columns, strict=True):
             copy.write_row(row)
-
-
-def _line_rows(
-    lines_by_driver: dict[int, list[dict[str, Any]]], ids: dict[int, int],
-) -> list[dict[str, Any]]:
-    return [{"invoice_id": ids[driver_id], **line}
-            for driver_id, lines in lines_by_driver.items() for line in lines]
 
 
 def invoice_driver_now(

@@ -1,13 +1,29 @@
 """Billing's reactions to station events: open, rate, settle and correct sessions.
 
 station_api knows nothing of billing; it publishes transaction and meter events and billing
-subscribes here. Each reaction is one transaction in the database's worker pool; the events
-it produces (a rated session, a low balance) are published after it commits.
+subscribes here. Each reaction is one transaction in the database's worker pool, in its
+background lane (event subscribers wait behind the stations' own messages); the events it
+produces (a rated session, a low balance) are published after it commits.
+
+Meter values are the bulk of a network's traffic, and while a transaction runs they mean
+nothing to billing: the session is rated from everything stored when it stops. So a meter
+value for a transaction known to be running costs no database work at all. Only values
+that arrive after the stop (a corrected end reading, a station's backlog) rate the session
+again, and those are coalesced per transaction: a correction that has not begun yet will
+read every value stored before it, so further values need no correction of their own.
+
+Per transaction the reactions run one at a time and in the order of the events, so the
+prepaid hold placed at the start is always there when the stop settles it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -26,6 +42,12 @@ from station_api.models import Transaction
 log = structlog.get_logger(__name__)
 
 SYSTEM = "system:billing"
+# Stops remembered so that a check begun before a stop cannot mark the transaction as
+# running after it; a check takes milliseconds, so the most recent stops are enough.
+RECENT_STOPS = 10_000
+# Running transactions remembered; one forgotten (a station that never sent its stop) only
+# costs one look-up at its next meter value.
+RUNNING_KEPT = 200_000
 
 
 @dataclass
@@ -33,6 +55,15 @@ class BillingReactions:
     engine: Engine
     bus: InMemoryEventBus
     settings: Settings
+    # Transactions known to be running: their meter values need nothing from billing.
+    _running: OrderedDict[int, None] = field(default_factory=OrderedDict)
+    _stopped: OrderedDict[int, None] = field(default_factory=OrderedDict)
+    # Transactions with a correction queued that has not begun reading yet (the worker
+    # thread takes them off, hence the guard).
+    _correction_queued: set[int] = field(default_factory=set)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+    # One lock per transaction with reactions under way, and how many use it.
+    _locks: dict[int, tuple[asyncio.Lock, int]] = field(default_factory=dict)
 
     def install(self) -> None:
         self.bus.subscribe(TransactionStarted, self.on_started)
@@ -40,28 +71,91 @@ class BillingReactions:
         self.bus.subscribe(MeterValuesReceived, self.on_meter_values)
 
     async def on_started(self, event: TransactionStarted) -> None:
-        await run_in_session(self.engine, start_session, transaction_id=event.transaction_id,
-                             settings=self.settings)
+        tx = event.transaction_id
+        if tx not in self._stopped:
+            self._note_running(tx)
+        async with self._one_at_a_time(tx):
+            await run_in_session(self.engine, start_session, transaction_id=tx,
+                                 settings=self.settings)
 
     async def on_stopped(self, event: TransactionStopped) -> None:
-        events = await run_in_session(self.engine, settle_session,
-                                      transaction_id=event.transaction_id,
-                                      settings=self.settings)
+        tx = event.transaction_id
+        self._running.pop(tx, None)
+        self._stopped[tx] = None
+        self._stopped.move_to_end(tx)
+        while len(self._stopped) > RECENT_STOPS:
+            self._stopped.popitem(last=False)
+        async with self._one_at_a_time(tx):
+            events = await run_in_session(self.engine, settle_session, transaction_id=tx,
+                                          settings=self.settings)
         await self._publish(events)
 
     async def on_meter_values(self, event: MeterValuesReceived) -> None:
-        # Late values for one transaction may come in several messages; each re-rates,
-        # which is correct and cheap enough not to debounce.
-        if event.transaction_id is None:
+        tx = event.transaction_id
+        if tx is None or tx in self._running:
             return
-        events = await run_in_session(self.engine, correct_session,
-                                      transaction_id=event.transaction_id,
-                                      settings=self.settings)
+        with self._guard:
+            if tx in self._correction_queued:
+                return  # a correction that has not read anything yet will see this value
+            self._correction_queued.add(tx)
+        try:
+            async with self._one_at_a_time(tx):
+                if tx in self._running:
+                    # A look-up that ran while this waited found the transaction running:
+                    # a running transaction's values need nothing.
+                    with self._guard:
+                        self._correction_queued.discard(tx)
+                    return
+                running, events = await run_in_session(
+                    self.engine, self._correct_queued, transaction_id=tx, settings=self.settings
+                )
+        except BaseException:
+            with self._guard:  # not begun (cancelled, say): the next value queues anew
+                self._correction_queued.discard(tx)
+            raise
+        if running and tx not in self._stopped:
+            self._note_running(tx)
         await self._publish(events)
+
+    def _correct_queued(self, session: Session, *, transaction_id: int, settings: Settings
+                        ) -> tuple[bool, list[Event]]:
+        # In the worker thread, before the first read: a value whose event comes after
+        # this may be missed by this correction, so it gets one of its own.
+        with self._guard:
+            self._correction_queued.discard(transaction_id)
+        return _correct(session, transaction_id=transaction_id, settings=settings)
+
+    def _note_running(self, transaction_id: int) -> None:
+        self._running[transaction_id] = None
+        if len(self._running) > RUNNING_KEPT:
+            self._running.popitem(last=False)
+
+    @asynccontextmanager
+    async def _one_at_a_time(self, transaction_id: int) -> AsyncIterator[None]:
+        lock, users = self._locks.get(transaction_id, (asyncio.Lock(), 0))
+        self._locks[transaction_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[transaction_id]
+            if users == 1:
+                del self._locks[transaction_id]
+            else:
+                self._locks[transaction_id] = (lock, users - 1)
 
     async def _publish(self, events: list[Event]) -> None:
         for event in events:
             await self.bus.publish(event)
+
+
+def _correct(session: Session, *, transaction_id: int, settings: Settings
+             ) -> tuple[bool, list[Event]]:
+    """:func:`correct_session`, and whether the transaction is still running."""
+    tx = session.get(Transaction, transaction_id)
+    if tx is not None and tx.stop_timestamp is None:
+        return True, []
+    return False, correct_session(session, transaction_id=transaction_id, settings=settings)
 
 
 def _driver(session: Session, driver_id: int | None) -> Driver | None:

@@ -217,7 +217,7 @@ def _crossing(before_ore: int, entry: LedgerEntry, settings: Settings) -> LowBal
     threshold = to_ore(settings.wallet_low_balance, what="wallet_low_balance")
     if before_ore >= threshold > entry.balance_after_ore:
         return LowBalance(driver_id=entry.driver_id, balance_ore=entry.balance_after_ore,
-                          threshold_ore=threshold, currency=entry.currency)
+                          threshold_ore=threshold, currency=entry.currency, entry_id=entry.id)
     return None
 
 

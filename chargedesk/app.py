@@ -7,6 +7,7 @@ import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -34,6 +35,8 @@ class Runtime:
     central: CentralSystem
     load: LoadController
     jobs: list[BackgroundJob] = field(default_factory=list)
+    # channel name → how to deliver to one of its senders (assistant.channels.outbound)
+    outbound_channels: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -63,6 +66,10 @@ def create_app(
 
         tasks = [asyncio.create_task(runtime.central.run_liveness())]
         tasks += [asyncio.create_task(job(runtime)) for job in runtime.jobs]
+        if settings.smtp_inbound_port:
+            from assistant.channels.email import server as email_channel
+
+            tasks.append(asyncio.create_task(email_channel.run(runtime)))
         if settings.nlu_warm_up:
             from assistant.nlu.engine import get_engine
 
@@ -112,6 +119,8 @@ def create_app(
     from station_api.views import ocpp_router
     from station_api.views import router as stations_router
 
+    # Routes are matched in order: the chat, the busiest by far, goes first.
+    app.include_router(web_chat_router)
     app.include_router(stations_router)
     app.include_router(billing_router)
     app.include_router(accounts_router)
@@ -120,8 +129,22 @@ def create_app(
     app.include_router(admin_router)
     app.include_router(nlu_router)
     app.include_router(actions_router)
-    app.include_router(web_chat_router)
+    from assistant.channels import outbound
+
+    outbound.register(runtime, "web", outbound.push_to_web)
     app.include_router(ocpp_router)
+    from assistant.channels.twilio import install as install_twilio
+
+    install_twilio(app)  # SMS and voice webhooks, and the SMS worker
+    from assistant.channels.email import install as install_email
+
+    install_email(app)  # e-mail as an outbound channel (agents' replies, notifications)
+    from support.desk import install as install_support
+
+    install_support(app)  # tickets from escalations, /api/v1/support, the console at /agent
+    from assistant.notifications import install as install_notifications
+
+    install_notifications(app)  # events become messages to drivers; the sender job
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

@@ -79,6 +79,8 @@ def serve(
     if demo:
         upgrade(url)
         jobs.append(_demo_job(host, port))
+        if not settings.smtp_inbound_port:  # the demo takes e-mail to the support address
+            settings = settings.model_copy(update={"smtp_inbound_port": 2525})
     elif current_revision(url) != head_revision():
         _fail("the database schema is not current: run `chargedesk db upgrade` first")
     application = create_app(settings, jobs=jobs)
@@ -102,6 +104,11 @@ def _demo_job(host: str, port: int):  # type: ignore[no-untyped-def]
             f"  try:             curl -H 'Authorization: Bearer {key}' {base}/api/v1/stations\n",
             fg=typer.colors.GREEN, err=True,
         )
+        agents = await asyncio.to_thread(demo_network.prepare_support, runtime.engine,
+                                         settings=runtime.settings)
+        typer.secho(f"  agent console:   {base}/agent  (new passwords every start)\n" + "".join(
+            f"    {username:<8} {role:<11} {password}\n" for username, role, password in agents),
+            fg=typer.colors.GREEN, err=True)
         await asyncio.sleep(0.5)  # let uvicorn bind before the stations dial in
         await demo_network.run_demo_stations(
             f"ws://{host}:{port}/ocpp", demo["stations"],
@@ -478,11 +485,17 @@ def bench_schedule(
         min=0.1, help="Only sessions arriving in the first DAYS days")] = None,
     replan_runs: Annotated[int, typer.Option(
         min=1, help="Timed runs of the 500-car re-plan")] = 7,
+    realistic: Annotated[bool, typer.Option(
+        "--realistic", help="A 400 V three-phase site: 6 A minimum, whole amperes, taper,"
+                            " noisy stated departures and energies (load_manager.realistic)")
+                         ] = False,
+    seed: Annotated[int, typer.Option(
+        help="--realistic: seed of the cars, batteries and statement noise")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
 ) -> None:
     """Compare charging schedulers on recorded sessions under a capacity sweep; time a 500-car
-    re-plan and a 1,000-connector rebalance."""
-    from chargedesk.bench.schedule import run, summary
+    re-plan and a 1,000-connector rebalance (with --realistic: a 500-car three-phase re-plan)."""
+    from chargedesk.bench.schedule import realistic_summary, run, run_realistic, summary
 
     try:
         capacities = [float(c) for c in capacity_kw.split(",") if c.strip()]
@@ -490,9 +503,14 @@ def bench_schedule(
         _fail(f"--capacity-kw: not a list of numbers: {capacity_kw!r}")
     if not capacities or any(c <= 0 for c in capacities):
         _fail("--capacity-kw: give positive capacities")
-    figures = run(sessions_path=sessions, capacities=capacities, phase_limits=phase_limits,
-                  days=days, replan_runs=replan_runs, progress=_progress)
-    typer.echo(json.dumps(figures, default=str) if as_json else summary(figures))
+    if realistic:
+        figures = run_realistic(sessions_path=sessions, capacities=capacities, seed=seed,
+                                days=days, replan_runs=replan_runs, progress=_progress)
+        typer.echo(json.dumps(figures, default=str) if as_json else realistic_summary(figures))
+    else:
+        figures = run(sessions_path=sessions, capacities=capacities, phase_limits=phase_limits,
+                      days=days, replan_runs=replan_runs, progress=_progress)
+        typer.echo(json.dumps(figures, default=str) if as_json else summary(figures))
     if figures["failures"]:
         _fail("bench schedule missed: " + ", ".join(figures["failures"]))
 
@@ -548,6 +566,72 @@ def bench_chat(
     typer.echo(json.dumps(figures, default=str) if as_json else summary(figures))
     if figures["failures"]:
         _fail("bench chat missed: " + "; ".join(figures["failures"]))
+
+
+@bench_app.command("sms")
+def bench_sms(
+    requests: Annotated[int, typer.Option(min=1, help="Signed webhooks to post")] = 3000,
+    concurrency: Annotated[int, typer.Option(min=1, help="Connections posting at once")] = 16,
+    url: Annotated[str | None, typer.Option(
+        help="A running server whose CHARGEDESK_TWILIO_API_BASE_URL is"
+             " http://127.0.0.1:<--stub-port> [default: start one]")] = None,
+    database_url: Annotated[str | None, typer.Option(
+        help="Database of the server started here [default: a fresh SQLite file]")] = None,
+    stub_port: Annotated[int, typer.Option(
+        help="Port of the Twilio API stand-in (needed with --url) [default: any]")] = 0,
+    public_url: Annotated[str | None, typer.Option(
+        envvar="CHARGEDESK_PUBLIC_BASE_URL",
+        help="With --url: the base URL the server checks signatures against")] = None,
+    account_sid: Annotated[str | None, typer.Option(
+        envvar="CHARGEDESK_TWILIO_ACCOUNT_SID", help="With --url: the server's")] = None,
+    auth_token: Annotated[str | None, typer.Option(
+        envvar="CHARGEDESK_TWILIO_AUTH_TOKEN", show_default=False,
+        help="With --url: the server's")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+) -> None:
+    """Signed Twilio SMS webhooks at a server, beside GET /healthz the same way: requests
+    per second and p50/p99; replies go to a Twilio stand-in on loopback."""
+    from chargedesk.bench.sms import run, summary
+
+    if url is not None and database_url is not None:
+        _fail("give --url or --database-url, not both")
+    if url is not None and not (stub_port and account_sid and auth_token):
+        _fail("with --url give --stub-port, --account-sid and --auth-token (or their"
+              " CHARGEDESK_TWILIO_* variables) as the server has them")
+    try:
+        figures = run(requests=requests, concurrency=concurrency, url=url,
+                      database_url=database_url, stub_port=stub_port,
+                      public_url=public_url if url is not None else None,
+                      account_sid=account_sid if url is not None else None,
+                      auth_token=auth_token if url is not None else None, progress=_progress)
+    except (RuntimeError, OSError, httpx.HTTPError) as exc:
+        _fail(f"bench sms failed: {exc}")
+    typer.echo(json.dumps(figures, default=str) if as_json else summary(figures))
+    if figures["failures"]:
+        _fail("bench sms missed: " + "; ".join(figures["failures"]))
+
+
+@bench_app.command("email")
+def bench_email(
+    messages: Annotated[int, typer.Option(min=2, help="Messages to send")] = 1000,
+    concurrency: Annotated[int, typer.Option(min=1, help="SMTP connections at once")] = 8,
+    database_url: Annotated[str | None, typer.Option(
+        help="Database of the server started here (empty; migrated and seeded with the"
+             " demo network) [default: a fresh SQLite file]")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+) -> None:
+    """Real SMTP messages at the inbound e-mail server of a server started here: messages
+    ingested (stored, 250) and answered per second, beside an SMTP sink that only accepts."""
+    from chargedesk.bench.email import run, summary
+
+    try:
+        figures = run(messages=messages, concurrency=concurrency, database_url=database_url,
+                      progress=_progress)
+    except (RuntimeError, OSError) as exc:
+        _fail(f"bench email failed: {exc}")
+    typer.echo(json.dumps(figures, default=str) if as_json else summary(figures))
+    if figures["failures"]:
+        _fail("bench email failed: " + "; ".join(figures["failures"]))
 
 
 # ---------------------------------------------------------------- chat

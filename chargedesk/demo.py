@@ -214,4 +214,18 @@ def prepare(engine: Engine, demo: dict[str, Any], *, settings: Settings,
             visits = usage.backfill(session)
         log.info("demo history seeded", sessions=made, visits=visits)
     with session_scope(engine) as session:
+        from assistant.notifications import demo as notifications_demo
+
+        notifications_demo.seed(session)  # preferences, and the history is not news
         return fresh_demo_key(session)
+
+
+def prepare_support(engine: Engine, *, settings: Settings) -> list[tuple[str, str, str]]:
+    """The support desk of the demo (teams, agents, SLA policies, canned responses, three
+    handed-over drivers), once; the agents' fresh passwords: (username, role, password)."""
+    from support import contacts as support_contacts
+    from support import demo as support_demo
+
+    passwords = support_demo.prepare(engine, settings=settings)
+    support_contacts.seed_demo(engine, settings=settings)  # one history across channels
+    return passwords

@@ -5,6 +5,11 @@ Events are pydantic models with a ``topic``; they cross a process boundary as
 or Redis pub/sub backend only has to carry strings and call :meth:`EventBus.deliver`.
 The in-memory backend delivers in-process, each subscriber in its own task, so a slow or
 failing subscriber never blocks the publisher or the other subscribers.
+
+Subscribers run in the database's background lane (:func:`chargedesk.db.background_lane`):
+their database work, and that of any task they start, waits behind the work of stations'
+messages and REST requests instead of ahead of it. A burst of events then delays billing
+and usage a little, never a station's answer.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
+
+from chargedesk.db import background_lane
 
 log = structlog.get_logger(__name__)
 
@@ -93,8 +100,9 @@ class InMemoryEventBus:
     @staticmethod
     async def _run(handler: Handler[Any], event: Event) -> None:
         try:
-            result = handler(event)
-            if inspect.isawaitable(result):
-                await result
+            with background_lane():
+                result = handler(event)
+                if inspect.isawaitable(result):
+                    await result
         except Exception:
             log.exception("event handler failed", topic=event.topic, handler=repr(handler))

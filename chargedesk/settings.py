@@ -92,6 +92,54 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_from: str = "ChargeDesk <faktura@chargedesk.example>"
 
+    # The assistant's e-mail channel: an inbound SMTP server (port 0: none; `serve --demo`
+    # uses 2525) taking mail for the support address and its reply+<thread>@ addresses.
+    # Replies go out From the support address through the outgoing SMTP settings above.
+    smtp_inbound_host: str = "127.0.0.1"
+    smtp_inbound_port: int = Field(0, ge=0, le=65535)
+    support_address: str = "ChargeDesk Support <support@chargedesk.example>"
+    # Refused at SMTP time (552) above this; attachments above these are not kept.
+    smtp_inbound_max_bytes: int = Field(25_000_000, ge=10_000)
+    email_attachment_max_bytes: int = Field(10_000_000, ge=0)
+    email_attachments_max_bytes: int = Field(20_000_000, ge=0)
+    # Replies to one sender address per hour; more messages are stored, not answered.
+    email_replies_per_hour: int = Field(20, ge=1)
+    # When set, a From address identifies a driver only if this mail server's
+    # Authentication-Results header says DMARC (or aligned DKIM) passed.
+    email_trusted_authserv_id: str = ""
+
+    # Twilio SMS and voice. Without an auth token the webhooks answer 503; secrets come
+    # from the environment only. The API base is Twilio's own unless a test points it at
+    # a stand-in on loopback.
+    twilio_account_sid: str = ""
+    twilio_auth_token: str = ""
+    twilio_from_number: str = ""
+    twilio_api_base_url: str = "https://api.twilio.com"
+    # The address Twilio calls us at (behind a proxy: the proxy's); signatures cover it.
+    public_base_url: str = ""
+    # Callers asking for a person are put through to this number; empty: voicemail.
+    support_phone_number: str = ""
+
+    # The support desk (agent console at /agent). The secret signs agents' session cookies
+    # and CSRF tokens; empty: a random secret per process (sign-ins end with it).
+    support_secret: str = ""
+    support_session_hours: int = Field(10, ge=1, le=24 * 30)
+    # Credit notes and refunds an agent may give without approval, per role (incl. VAT);
+    # above it the request waits for a supervisor (or an operator) whose limit covers it.
+    support_agent_credit_limit: Decimal = Decimal("500.00")
+    support_supervisor_credit_limit: Decimal = Decimal("5000.00")
+    # An agent counts as online only while their console was seen this recently.
+    support_presence_timeout_s: int = Field(120, ge=10)
+    # The support desk's jobs (driver messages, SLA timers, routing, webhooks); unset:
+    # as `scheduler`. How often driver messages and the SLA timers are looked at.
+    support_scheduler: bool | None = None
+    support_poll_seconds: float = Field(2.0, gt=0)
+    support_sla_tick_seconds: float = Field(20.0, gt=0)
+    # The satisfaction question waits this long for an answer before the bot takes over.
+    support_csat_timeout_minutes: int = Field(60, ge=1)
+    # A ticket handed back to the bot is resolved when it has not come back in this long.
+    support_pending_resolve_hours: int = Field(24, ge=1)
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url

@@ -36,6 +36,10 @@ top-up after each shared group hands out any unit that a constraint's granularit
 which makes the result work-conserving: no charging load below its maximum could take one
 more step without breaking a limit, and no paused load could get its minimum.
 
+:mod:`load_manager.dispatch` turns allocations into pilots, for the real-time controller and
+the scheduling bench alike (give-back from meter values, planned targets, the exact packing).
+The :class:`Rule` ``earliest_deadline`` is a bench baseline, not a site policy.
+
 Allocation runs on every transaction start/stop, meter value and status change, so it is
 vectorised with numpy: the sequential "each in turn, if it fits" passes are done in strides
 between the loads that overflow. A site of 1,000 connectors rebalances in about 1-2 ms; each
@@ -53,7 +57,13 @@ from itertools import combinations, permutations
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["Grid", "Load", "Policy", "allocate"]
+__all__ = [
+    "Grid",
+    "Load",
+    "Policy",
+    "Rule",
+    "allocate",
+]
 
 IntArray = NDArray[np.int64]
 FloatArray = NDArray[np.float64]
@@ -64,11 +74,25 @@ _PHASES = 3
 
 
 class Policy(StrEnum):
-    """How capacity is shared once every charging load has its minimum."""
+    """How capacity is shared once every charging load has its minimum (a site's setting)."""
 
     equal_share = "equal_share"
     priority = "priority"
     least_laxity = "least_laxity"
+
+
+class Rule(StrEnum):
+    """Every sharing rule the allocator knows: the site policies, plus earliest deadline first,
+    a textbook baseline the scheduling bench compares against (not offered to sites).
+
+    ``earliest_deadline`` is least laxity first with the laxity replaced by the time left
+    before the departure: the car leaving first takes all it can, whatever it still needs.
+    """
+
+    equal_share = "equal_share"
+    priority = "priority"
+    least_laxity = "least_laxity"
+    earliest_deadline = "earliest_deadline"
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +155,7 @@ class _Site:
 def allocate(
     grid: Grid,
     loads: Sequence[Load],
-    policy: Policy = Policy.equal_share,
+    policy: Policy | Rule = Policy.equal_share,
     *,
     now: float | None = None,
     step_a: float = 0.1,
@@ -140,16 +164,21 @@ def allocate(
     _check_grid(grid, step_a)
     if not loads:
         return {}
+    rule = Rule(policy.value)
     keys = [load.key for load in loads]
     if len(set(keys)) != len(keys):
         raise ValueError("load keys must be unique")
     patterns = _pattern_indices(loads)
-    laxity = _laxities(loads, grid.voltage_v, now) if policy is Policy.least_laxity else None
-    order = _policy_order(loads, keys, policy, laxity)
+    laxity = None
+    if rule is Rule.least_laxity:
+        laxity = _laxities(loads, grid.voltage_v, now)
+    elif rule is Rule.earliest_deadline:
+        laxity = _deadlines(loads, now)
+    order = _policy_order(loads, keys, rule, laxity)
     site = _build_site(grid, loads, patterns, order, step_a)
 
     x = _admit(site, order)
-    for kind, group in _service_plan(loads, policy, order, laxity):
+    for kind, group in _service_plan(loads, rule, order, laxity):
         if kind == "greedy":
             _serve_greedy(site, x, group)
         else:
@@ -256,27 +285,39 @@ def _laxities(loads: Sequence[Load], voltage_v: float, now: float | None) -> Flo
     return laxity
 
 
+def _deadlines(loads: Sequence[Load], now: float | None) -> FloatArray:
+    """Seconds before each load's departure (+inf when unknown): earliest deadline first."""
+    left = np.full(len(loads), math.inf)
+    for i, load in enumerate(loads):
+        if load.departure is None:
+            continue
+        if now is None:
+            raise ValueError("earliest_deadline needs `now` when a load has a departure")
+        left[i] = load.departure - now
+    return left
+
+
 def _policy_order(
-    loads: Sequence[Load], keys: list[Hashable], policy: Policy, laxity: FloatArray | None
+    loads: Sequence[Load], keys: list[Hashable], rule: Rule, laxity: FloatArray | None
 ) -> IntArray:
     """Load indices in service order; np.lexsort sorts by its last key first."""
     since = np.array([load.since for load in loads], dtype=np.float64)
     sort_keys: list[NDArray[np.generic]] = [_key_ranks(keys), since]
-    if policy is Policy.priority:
+    if rule is Rule.priority:
         sort_keys.append(-np.array([load.priority for load in loads], dtype=np.int64))
-    elif policy is Policy.least_laxity:
+    elif rule in (Rule.least_laxity, Rule.earliest_deadline):
         assert laxity is not None
         sort_keys.append(laxity)
     return np.lexsort(sort_keys).astype(np.int64)
 
 
 def _service_plan(
-    loads: Sequence[Load], policy: Policy, order: IntArray, laxity: FloatArray | None
+    loads: Sequence[Load], rule: Rule, order: IntArray, laxity: FloatArray | None
 ) -> list[tuple[str, IntArray]]:
     """Groups in service order: ("greedy", loads served one by one) or ("share", a tier)."""
-    if policy is Policy.equal_share:
+    if rule is Rule.equal_share:
         return [("share", order)]
-    if policy is Policy.least_laxity:
+    if rule in (Rule.least_laxity, Rule.earliest_deadline):
         assert laxity is not None
         known = np.isfinite(laxity[order])
         return [("greedy", order[known]), ("share", order[~known])]

@@ -6,6 +6,14 @@ plans are re-solved (model-predictive control, load_manager.planning), the alloc
 what is left (load_manager.allocation) and every connector whose limit changed gets a
 TxProfile through the central system, audited like any command as ``system:load_manager``.
 
+Pilots are decided by :func:`load_manager.dispatch.dispatch`, the function the realistic
+scheduling bench runs: 0 or from the connector's minimum (6 A) to its maximum in whole
+amperes, on the site phases the station's wiring and the car's phases (from its meter values)
+give, within every phase limit; a car drawing less than its pilot gives the rest back at the
+next decision, from its latest meter values (:mod:`load_manager.meters`). Limits that go down
+are sent, and accepted, before limits that go up, so that the site stays within its limits
+while they change.
+
 Fail safe, in three layers:
 - a station that is offline, lacks smart charging, rejects a profile, does not answer, or
   whose composite schedule contradicts what it accepted is counted at its maximum until it
@@ -38,7 +46,9 @@ from chargedesk.events import InMemoryEventBus
 from chargedesk.settings import Settings
 from chargedesk.types import utcnow
 from load_manager import planning, service
-from load_manager.allocation import Grid, Load, Policy, allocate
+from load_manager.allocation import Grid, Load, Policy
+from load_manager.dispatch import STEP_A, Observation, connector_load, dispatch
+from load_manager.meters import MeterWatch, reading_of
 from load_manager.models import AllocationState, StationCapability
 from load_manager.service import ActiveConnector, SiteState
 from station_api.central import CentralSystem
@@ -60,7 +70,8 @@ TX_PROFILE_ID_BASE = 9200
 # A limit is re-sent only when it moves by at least this much (A): meter values come every
 # few seconds and most of them change nothing worth a command.
 RESEND_THRESHOLD_A = 0.5
-STEP_A = 0.1
+# A composite schedule may differ from the limit set by this much (stations round).
+VERIFY_TOLERANCE_A = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +93,17 @@ class LoadController:
     central: CentralSystem
     settings: Settings
     _running: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    # One safe-default computation and send at a time per station: two boots on a site
+    # overlap, and a default computed before the other station's connectors were learnt
+    # must not reach the station after the one computed since.
+    _default_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _dirty: set[str] = field(default_factory=set)
     _refresher: asyncio.Task[None] | None = None
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     last_decision: dict[str, Decision] = field(default_factory=dict)
+    meters: MeterWatch = field(default_factory=MeterWatch)
+    # The phases each connector's last accepted TxProfile named.
+    _profile_phases: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def install(self) -> None:
         self.bus.subscribe(TransactionStarted, self._on_station_event)
@@ -92,7 +111,7 @@ class LoadController:
         self.bus.subscribe(MeterValuesReceived, self._on_meter_values)
         self.bus.subscribe(StatusChanged, self._on_status)
         self.bus.subscribe(StationOnline, self._on_online)
-        self.bus.subscribe(StationOffline, self._on_station_event)
+        self.bus.subscribe(StationOffline, self._on_offline)
 
     # -------------------------------------------------------------- events
 
@@ -103,7 +122,12 @@ class LoadController:
         if event.current:
             await self.request_for_station(event.station_id)
 
+    async def _on_offline(self, event: StationOffline) -> None:
+        self.meters.forget_station(event.station_id)
+        await self.request_for_station(event.station_id)
+
     async def _on_stopped(self, event: TransactionStopped) -> None:
+        self.meters.forget_transaction(event.transaction_id)
         await run_in_session(self.engine, service.finish_plans,
                              transaction_id=event.transaction_id)
         await self.request_for_station(event.station_id)
@@ -114,12 +138,18 @@ class LoadController:
         site_id = await run_in_session(self.engine, _observe, station_id=event.station_id,
                                        transaction_id=event.transaction_id,
                                        samples=event.samples)
-        if site_id is not None:
-            self.request(site_id)
+        if site_id is None:
+            return
+        if event.transaction_id is not None:
+            self.meters.saw((event.station_id, event.connector_id),
+                            transaction_id=event.transaction_id,
+                            reading=reading_of(event.samples))
+        self.request(site_id)
 
     async def _on_online(self, event: StationOnline) -> None:
         """Learn what the station can do, make it safe, then share the site again."""
         station_id = event.station_id
+        self.meters.forget_station(station_id)
         site_id = await run_in_session(self.engine, service.managed_site,
                                        station_id=station_id)
         if site_id is None:
@@ -187,24 +217,45 @@ class LoadController:
     # -------------------------------------------------------------- the rebalance
 
     async def rebalance(self, site_id: str, *, refresh: bool = False) -> Decision | None:
+        """Decide the site's limits and send what changed; one at a time per site (the
+        REST views call this beside the event-driven rebalances), so that sends of two
+        decisions never interleave."""
+        async with self._locks.setdefault(site_id, asyncio.Lock()):
+            return await self._rebalance(site_id, refresh=refresh)
+
+    async def _rebalance(self, site_id: str, *, refresh: bool) -> Decision | None:
         now = utcnow()
         state = await run_in_session(self.engine, service.site_state, site_id=site_id, now=now)
         if state is None or not state.grid.enabled:
             return None
         planned = await self._plan(state, now)
-        decision = decide(state, planned=planned, now=now)
+        decision = decide(state, planned=planned, now=now,
+                          observed=observations(state, self.meters))
         self.last_decision[site_id] = decision
-        sends = [
-            self._apply(state, connector, decision.limits[connector.station_id,
-                                                          connector.connector_id],
-                        planned.get((connector.station_id, connector.connector_id)), now)
+        changes = [
+            (connector, decision.limits[connector.station_id, connector.connector_id])
             for connector in state.active
             if refresh or _changed(connector, decision.limits[connector.station_id,
                                                               connector.connector_id])
+            # The car turned out to draw on fewer phases: the profile must say so (a limit
+            # in watts is over its phases).
+            or self._profile_phases.get((connector.station_id, connector.connector_id))
+            != profile_phases(connector)
         ]
-        results = await asyncio.gather(*sends)
-        if any(results):  # a station fell to fail safe: share again without it
-            self._dirty.add(site_id)
+        # What goes down first: the room it frees is only given away once it is taken.
+        lower = [(c, a) for c, a in changes if c.last_limit_a is not None and a < c.last_limit_a]
+        higher = [(c, a) for c, a in changes if not (c.last_limit_a is not None
+                                                      and a < c.last_limit_a)]
+        for batch in (lower, higher):
+            results = await asyncio.gather(*(
+                self._apply(state, connector, limit,
+                            planned.get((connector.station_id, connector.connector_id)), now)
+                for connector, limit in batch))
+            if any(results):
+                # A station fell to fail safe (a limit that was to go down may not have):
+                # raise nothing on its room, share again without it.
+                self._dirty.add(site_id)
+                break
         return decision
 
     async def _plan(
@@ -239,13 +290,22 @@ class LoadController:
         outcome = result.outcome
         verified: bool | None = None
         failure: str | None = None
+        key = (connector.station_id, connector.connector_id)
         if outcome == CommandOutcome.accepted:
+            first = next((start for start, _ in (plan.periods_a if plan else [])
+                          if 0 < start < self.settings.load_profile_validity_s), None)
+            self._profile_phases[key] = profile_phases(connector)
+            self.meters.pilot(key, transaction_id=connector.transaction_id, amps=limit_a,
+                              lasts_s=first if first is not None
+                              else self.settings.load_profile_validity_s)
             if capability.composite_schedule:
                 verified, failure = await self._verify(connector, limit_a, capability)
-        elif outcome == CommandOutcome.rejected:
-            failure = "rejected a charging profile"
-        elif outcome != CommandOutcome.offline:
-            failure = f"charging profile {outcome}: {result.error or ''}".strip()
+        else:
+            self.meters.unknown_pilot(key)
+            if outcome == CommandOutcome.rejected:
+                failure = "rejected a charging profile"
+            elif outcome != CommandOutcome.offline:
+                failure = f"charging profile {outcome}: {result.error or ''}".strip()
         await run_in_session(
             self.engine, service.record_allocation, station_id=connector.station_id,
             connector_id=connector.connector_id, transaction_id=connector.transaction_id,
@@ -281,12 +341,12 @@ class LoadController:
         first = float(periods[0]["limit"])
         if schedule.get("chargingRateUnit", unit) == "W":
             first /= self._voltage_phases(connector)
-        if first <= limit_a + STEP_A:
+        if first <= limit_a + VERIFY_TOLERANCE_A:
             return True, None
         return False, f"composite schedule allows {first:.1f} A, above the {limit_a:.1f} A set"
 
     def _voltage_phases(self, connector: ActiveConnector) -> float:
-        return 230.0 * (connector.vehicle_phases or connector.wiring.phases)
+        return 230.0 * profile_phases(connector)
 
     # -------------------------------------------------------------- capability, safe default
 
@@ -310,6 +370,11 @@ class LoadController:
 
     async def send_safe_default(self, station_id: str, site_id: str) -> bool:
         """Install the TxDefaultProfile that keeps the site safe without us."""
+        lock = self._default_locks.setdefault(station_id, asyncio.Lock())
+        async with lock:
+            return await self._send_safe_default(station_id, site_id)
+
+    async def _send_safe_default(self, station_id: str, site_id: str) -> bool:
         state = await run_in_session(self.engine, service.site_state, site_id=site_id)
         if state is None or not state.grid.enabled:
             return False
@@ -334,6 +399,7 @@ class LoadController:
             return False
         # Limits set before this connection are unknown to the station now: resend them.
         await run_in_session(self.engine, _forget_limits, station_id=station_id)
+        self.meters.forget_station(station_id)
         return True
 
 
@@ -359,27 +425,34 @@ def grid_of(state: SiteState) -> Grid:
     return Grid(phase_limit_a=limits, power_limit_w=power, voltage_v=voltage)  # type: ignore[arg-type]
 
 
-def load_of(connector: ActiveConnector, *, cap_a: float | None = None) -> Load:
-    wiring = connector.wiring
-    max_a = wiring.max_current_a
-    if cap_a is not None:
-        max_a = min(max_a, cap_a)
-    observed = connector.vehicle_max_a
-    last = connector.last_limit_a
-    # A car that has been drawing clearly less than it was offered (it is tapering, or its
-    # charger is smaller) gives the rest back to the others.
-    if observed is not None and last is not None and observed < last - 2.0:
-        max_a = min(max_a, observed + 1.0)
+def load_of(connector: ActiveConnector) -> Load:
+    """The connector as :func:`dispatch.dispatch` sees it (:func:`dispatch.connector_load`,
+    the bench's too): the wiring's phases, or only those the car was seen to draw on."""
     departure = energy = None
     if connector.plan is not None:
         departure = connector.plan.departure_at.timestamp()
         energy = max(0.0, connector.plan.energy_wh - (connector.delivered_wh or 0))
-    return Load(
-        key=(connector.station_id, connector.connector_id),
-        phases=wiring.site_phases(connector.vehicle_phases),
-        max_a=max_a, min_a=wiring.min_current_a, priority=connector.priority,
+    return connector_load(
+        (connector.station_id, connector.connector_id), connector.wiring,
+        car_phases=connector.vehicle_phases, priority=connector.priority,
         since=connector.started_at.timestamp(), departure=departure, energy_needed_wh=energy,
     )
+
+
+def observations(state: SiteState, meters: MeterWatch) -> dict[tuple[str, int], Observation]:
+    """What each active connector's car was last seen to draw, and under which pilot. From
+    power alone the car's phases count where meter values have shown them (on a single-phase
+    connector, one)."""
+    out = {}
+    for c in state.active:
+        phases = None
+        if c.vehicle_phases is not None or c.wiring.phases == 1:
+            phases = len(c.wiring.site_phases(c.vehicle_phases))
+        seen = meters.observation(c.transaction_id, phases=phases,
+                                  voltage_v=state.grid.voltage_v)
+        if seen is not None:
+            out[c.station_id, c.connector_id] = seen
+    return out
 
 
 def decide(
@@ -387,38 +460,26 @@ def decide(
     *,
     planned: dict[tuple[str, int], planning.ConnectorPlan],
     now: datetime,
+    observed: dict[tuple[str, int], Observation] | None = None,
 ) -> Decision:
-    """Limits for every active connector: planned ones first at their plan's rate, then
-    the rest shared by the site's policy from what is left."""
+    """Limits for every active connector (:func:`dispatch.dispatch`, the code the
+    scheduling bench runs): cars seen drawing less than their pilot (``observed``, from
+    :func:`observations`) give the rest back; planned connectors come first, up
+    to their plan's pilot for now (a ceiling: a plan that waits for cheap hours is not
+    filled with dear ones); the others share what is left by the site's policy. Whole
+    amperes, 0 or from each connector's minimum."""
     grid = grid_of(state)
-    first = [load_of(c, cap_a=planned[c.station_id, c.connector_id].now_a)
-             for c in state.active if (c.station_id, c.connector_id) in planned]
-    rest = [load_of(c) for c in state.active if (c.station_id, c.connector_id) not in planned]
-    limits: dict[tuple[str, int], float] = {}
-    if first:
-        limits.update(allocate(grid, first, Policy.priority, now=now.timestamp(), step_a=STEP_A))
-        grid = _remaining(grid, first, limits)
-    if rest:
-        limits.update(allocate(grid, rest, Policy(state.grid.policy), now=now.timestamp(),
-                               step_a=STEP_A))
+    loads = [load_of(c) for c in state.active]
+    result = dispatch(
+        grid, loads, Policy(state.grid.policy), now=now.timestamp(), step_a=STEP_A,
+        observed=observed or {}, targets={key: plan.now_a for key, plan in planned.items()},
+        target_policy=Policy.priority,
+    )
     return Decision(
-        site_id=state.site_id, grid=grid_of(state),
-        limits={k: float(v) for k, v in limits.items()},  # type: ignore[misc]
+        site_id=state.site_id, grid=grid,
+        limits={k: float(v) for k, v in result.pilots.items()},  # type: ignore[misc]
         planned=planned, fail_safe=[(s, c) for s, c, _ in state.fail_safe], at=now,
     )
-
-
-def _remaining(grid: Grid, loads: list[Load], limits: dict[Any, float]) -> Grid:
-    used = [0.0, 0.0, 0.0]
-    power = 0.0
-    for load in loads:
-        amps = limits.get(load.key, 0.0)
-        for phase in load.phases:
-            used[phase] += amps
-        power += amps * grid.voltage_v * len(load.phases)
-    phases = tuple(max(0.0, limit - u) for limit, u in zip(grid.phase_limit_a, used, strict=True))
-    left = None if grid.power_limit_w is None else max(0.0, grid.power_limit_w - power)
-    return Grid(phase_limit_a=phases, power_limit_w=left, voltage_v=grid.voltage_v)  # type: ignore[arg-type]
 
 
 def safe_default_limit(state: SiteState, station_id: str) -> float:
@@ -443,7 +504,7 @@ def safe_default_limit(state: SiteState, station_id: str) -> float:
         other_w = grid.voltage_v * sum(state.other_load_a)
         candidates.append((grid.power_limit_kw * 1000 - other_w) / (grid.voltage_v * conductors))
     limit = max(0.0, min(candidates)) if candidates else 0.0
-    limit = math.floor(limit / STEP_A) * STEP_A
+    limit = math.floor(limit / STEP_A + 1e-9) * STEP_A
     minimum = min((w.min_current_a for (s, _), w in state.wiring.items() if s == station_id),
                   default=6.0)
     return round(limit, 1) if limit >= minimum else 0.0
@@ -470,7 +531,7 @@ def tx_profile(
         "chargingProfileKind": "Absolute",
         "chargingSchedule": {
             **_schedule(limit_a, capability,
-                        phases=connector.vehicle_phases or connector.wiring.phases,
+                        phases=profile_phases(connector),
                         voltage=voltage, duration=validity_s, periods=periods),
             "startSchedule": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         },
@@ -517,6 +578,12 @@ def _units(capability: StationCapability) -> tuple[str, ...]:
     raw = capability.rate_units or "Current"
     units = tuple("A" if u.strip() == "Current" else "W" for u in raw.split(",") if u.strip())
     return units or ("A",)
+
+
+def profile_phases(connector: ActiveConnector) -> int:
+    """The phases a connector's profile names: the connector's, or fewer where its car was
+    seen to draw on fewer."""
+    return len(connector.wiring.site_phases(connector.vehicle_phases))
 
 
 def _changed(connector: ActiveConnector, limit_a: float) -> bool:

@@ -50,6 +50,15 @@ textbook LP with an explicit energy floor is solved instead (``Plan.fallback``; 
 is put on per-slot site-power variables, since a row over every ``p`` is dense and slows the
 interior-point method). The bench times the textbook stage 2 beside the one-solve form.
 
+Two more things the realistic MPC (:mod:`load_manager.realistic`) uses. A vehicle may taper
+(``taper_kwh``: full power to about 80 % state of charge, then linearly less to nothing at
+full): its power is then also bounded by a linear function of the energy it has had in the
+plan, written with one cumulative-energy column per slot (the running sum itself would be a
+dense triangle), and stage 2 is the textbook LP, since the flow structure is gone. And
+``discount_per_hour`` replaces both stages by one LP whose energy is worth less the later it
+comes: it may give up some energy of the cars it knows for energy now, which a controller
+that does not see the next arrivals can want on a congested site.
+
 :func:`explain` turns one vehicle's row of a plan into the facts a driver is told ("38 kWh by
 06:30, about 52 kr, charging mostly 01\u201305"), with money as :class:`~decimal.Decimal`.
 """
@@ -94,8 +103,18 @@ class Vehicle:
     energy_kwh: float  # still needed
     max_kw: float  # the car's and the connector's limit, whichever is lower
     phases: tuple[int, ...] = (0, 1, 2)
+    # A battery that tapers: (kWh from the start of the window to where the taper begins,
+    # kWh to full). Past the first, the car takes at most max_kw * (full - e) / (full - start)
+    # with ``e`` the energy it has had in the plan: full power up to about 80 % state of
+    # charge, then linearly less, to nothing at full. None: it takes max_kw to the end.
+    taper_kwh: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
+        if self.taper_kwh is not None:
+            start, full = (float(v) for v in self.taper_kwh)
+            if not (math.isfinite(start) and math.isfinite(full) and 0 <= start < full):
+                raise ValueError(f"vehicle {self.key!r}: taper {self.taper_kwh!r}")
+            object.__setattr__(self, "taper_kwh", (start, full))
         if self.arrival_slot < 0:
             raise ValueError(f"vehicle {self.key!r}: arrival slot {self.arrival_slot} < 0")
         if self.departure_slot <= self.arrival_slot:
@@ -258,6 +277,88 @@ def build_constraints(problem: Problem) -> tuple[_Layout, sp.csr_matrix, NDArray
     return lay, a, np.concatenate(b)
 
 
+@dataclass(frozen=True, slots=True)
+class _Taper:
+    """The taper rows, on the plan's power columns and ``m`` cumulative-energy columns after
+    them: ``a_ub [p q] <= b_ub`` (the taper) and ``a_eq [p q] = 0`` (q adds up p)."""
+
+    m: int
+    a_ub: sp.csr_matrix
+    b_ub: NDArray[np.float64]
+    a_eq: sp.csr_matrix
+    upper: NDArray[np.float64]  # bounds of the q columns (their lower bound is 0)
+
+
+def _taper_block(problem: Problem, lay: _Layout) -> _Taper | None:
+    """Rows that keep every tapering car under its taper (None when no car can reach one).
+
+    With ``q[k]`` the plan's energy for the car before the k-th slot of its window (a column
+    of its own: the running sum written out would be a dense triangle per car), the taper
+    is ``p[k] + max_kw / (full - start) * q[k] <= max_kw * full / (full - start)`` and
+    ``q[k] = q[k-1] + p[k-1] * dt``. A row is left out where the car cannot have reached the
+    taper yet (``k * upper * dt <= start``)."""
+    dt = problem.slot_hours
+    n = len(lay.vehicle)
+    starts = np.searchsorted(lay.vehicle, np.arange(len(problem.vehicles)))
+    counts = np.bincount(lay.vehicle, minlength=len(problem.vehicles))
+    ub_rows: list[NDArray[np.int64]] = []
+    ub_cols: list[NDArray[np.int64]] = []
+    ub_data: list[NDArray[np.float64]] = []
+    b_ub: list[NDArray[np.float64]] = []
+    eq_rows: list[NDArray[np.int64]] = []
+    eq_cols: list[NDArray[np.int64]] = []
+    eq_data: list[NDArray[np.float64]] = []
+    q_upper: list[NDArray[np.float64]] = []
+    m = ub = eq = 0
+    for i, v in enumerate(problem.vehicles):
+        length = int(counts[i])
+        if v.taper_kwh is None or length < 2 or v.energy_kwh <= v.taper_kwh[0]:
+            continue
+        start, full = v.taper_kwh
+        upper = float(lay.upper[starts[i]])
+        first = int(starts[i])
+        k = np.arange(1, length)
+        p_cols = first + k  # p[k]
+        q_cols = n + m + (k - 1)  # q[k], k = 1..length-1
+        # q[k] - q[k-1] - dt p[k-1] = 0 (q[0] = 0 is left out)
+        rows = eq + (k - 1)
+        eq_rows += [rows, rows[1:], rows]
+        eq_cols += [q_cols, q_cols[:-1], p_cols - 1]
+        eq_data += [np.ones(len(k)), -np.ones(len(k) - 1), np.full(len(k), -dt)]
+        eq += len(k)
+        reach = k * upper * dt > start
+        slope = v.max_kw / (full - start)
+        rows = ub + np.arange(int(reach.sum()))
+        ub_rows += [rows, rows]
+        ub_cols += [p_cols[reach], q_cols[reach]]
+        ub_data += [np.ones(len(rows)), np.full(len(rows), slope)]
+        b_ub.append(np.full(len(rows), slope * full))
+        ub += len(rows)
+        q_upper.append(np.full(len(k), v.energy_kwh))
+        m += len(k)
+    if not m:
+        return None
+    width = n + m
+    return _Taper(
+        m=m,
+        a_ub=sp.csr_matrix((np.concatenate(ub_data), (np.concatenate(ub_rows),
+                            np.concatenate(ub_cols))), shape=(ub, width)),
+        b_ub=np.concatenate(b_ub) if b_ub else np.zeros(0),
+        a_eq=sp.csr_matrix((np.concatenate(eq_data), (np.concatenate(eq_rows),
+                            np.concatenate(eq_cols))), shape=(eq, width)),
+        upper=np.concatenate(q_upper),
+    )
+
+
+def _with_taper(a: sp.csr_matrix, b: NDArray[np.float64], bounds: NDArray[np.float64],
+                taper: _Taper) -> tuple[sp.csr_matrix, NDArray[np.float64], NDArray[np.float64]]:
+    """The problem's rows widened by the q columns, with the taper rows below them."""
+    a_ub = sp.vstack([sp.hstack([a, sp.csr_matrix((a.shape[0], taper.m))]), taper.a_ub],
+                     format="csr")
+    q_bounds = np.column_stack([np.zeros(taper.m), taper.upper])
+    return a_ub, np.concatenate([b, taper.b_ub]), np.vstack([bounds, q_bounds])
+
+
 def _linprog(c: NDArray[np.float64], a: sp.csr_matrix, b: NDArray[np.float64],
              bounds: NDArray[np.float64], *,
              a_eq: sp.csr_matrix | None = None, b_eq: NDArray[np.float64] | None = None,
@@ -311,15 +412,45 @@ def _energy_floor_lp(lay: _Layout, a: sp.csr_matrix, b: NDArray[np.float64], nv:
     return x[:n]
 
 
+def _solve_tapered(lay: _Layout, a: sp.csr_matrix, b: NDArray[np.float64],
+                   bounds: NDArray[np.float64], taper: _Taper, dt: float,
+                   w: NDArray[np.float64], stage_times: list[float]) -> NDArray[np.float64]:
+    """Both stages with taper rows: the flow structure is gone, so stage 2 is always the
+    textbook LP, its energy floor a row over every power column."""
+    n = len(lay.vehicle)
+    a_ub, b_ub, all_bounds = _with_taper(a, b, bounds, taper)
+    zeros_q = np.zeros(taper.m)
+    t0 = time.perf_counter()
+    x = _linprog(np.concatenate([np.full(n, -dt), zeros_q]), a_ub, b_ub, all_bounds,
+                 a_eq=taper.a_eq, b_eq=np.zeros(taper.a_eq.shape[0]))
+    best = float(x[:n].sum() * dt)
+    stage_times.append(time.perf_counter() - t0)
+    floor = best - ENERGY_TOLERANCE * max(1.0, best)
+    t0 = time.perf_counter()
+    energy_row = sp.csr_matrix(np.concatenate([np.full(n, -dt), zeros_q])[None, :])
+    x = _linprog(np.concatenate([dt * w, zeros_q]), sp.vstack([a_ub, energy_row], format="csr"),
+                 np.concatenate([b_ub, [-floor]]), all_bounds,
+                 a_eq=taper.a_eq, b_eq=np.zeros(taper.a_eq.shape[0]))
+    stage_times.append(time.perf_counter() - t0)
+    return x[:n]
+
+
 def max_energy(problem: Problem) -> float:
     """Stage 1 alone: the most energy (kWh) the problem can deliver. The bench times it as the
     baseline of one LP stage over the same constraint matrix (built here too)."""
     lay, a, b = build_constraints(problem)
     if len(lay.vehicle) == 0:
         return 0.0
-    bounds = np.column_stack([np.zeros(len(lay.vehicle)), lay.upper])
+    n = len(lay.vehicle)
+    bounds = np.column_stack([np.zeros(n), lay.upper])
     dt = problem.slot_hours
-    return float(_linprog(np.full(len(lay.vehicle), -dt), a, b, bounds).sum() * dt)
+    taper = _taper_block(problem, lay)
+    if taper is None:
+        return float(_linprog(np.full(n, -dt), a, b, bounds).sum() * dt)
+    a_ub, b_ub, all_bounds = _with_taper(a, b, bounds, taper)
+    x = _linprog(np.concatenate([np.full(n, -dt), np.zeros(taper.m)]), a_ub, b_ub, all_bounds,
+                 a_eq=taper.a_eq, b_eq=np.zeros(taper.a_eq.shape[0]))
+    return float(x[:n].sum() * dt)
 
 
 def _within_limits(problem: Problem, lay: _Layout, x: NDArray[np.float64]
@@ -349,14 +480,22 @@ def _within_limits(problem: Problem, lay: _Layout, x: NDArray[np.float64]
 
 
 def solve(problem: Problem, *, delay_cost: float = 0.0, minimise_cost: bool = True,
-          stage2: Literal["auto", "energy_floor"] = "auto") -> Plan:
+          stage2: Literal["auto", "energy_floor"] = "auto",
+          window_weight: float = 0.0, discount_per_hour: float = 0.0) -> Plan:
     """Plan the charging: the most energy, then the lowest cost, earliest among equals.
 
     ``delay_cost`` (SEK per kWh per hour of delay) is added to every slot's price in stage 2,
     trading cost for early delivery (see the module docstring). ``minimise_cost=False``
     ignores the prices: the earliest of the maximum-energy plans (the cost is still
     reported). ``stage2="energy_floor"`` skips the one-solve weighted form and solves the
-    textbook stage 2 (tests and the bench compare the two)."""
+    textbook stage 2 (tests and the bench compare the two).
+
+    ``window_weight`` adds to the earliness tie-break how late a slot is for each car against
+    its own window (slot / departure slot, times the weight): among plans of equal energy
+    (and cost), a car leaving soon is then served before one staying long, which keeps the
+    long stays' energy for later, quieter hours (earliest deadline first within the optimal
+    plans), while the horizon-wide term keeps the site's total as early as it can be. The
+    weights stay on the car-to-slot arcs, so the one-solve form still holds."""
     if not math.isfinite(delay_cost) or delay_cost < 0:
         raise ValueError(f"delay cost {delay_cost}")
     if stage2 not in ("auto", "energy_floor"):
@@ -374,33 +513,54 @@ def solve(problem: Problem, *, delay_cost: float = 0.0, minimise_cost: bool = Tr
                     elapsed, (), n)
     bounds = np.column_stack([np.zeros(n), lay.upper])
     stage_times = []
-
-    # Stage 1: only its value is used.
-    t0 = time.perf_counter()
-    best = float(_linprog(np.full(n, -dt), a, b, bounds).sum() * dt)
-    stage_times.append(time.perf_counter() - t0)
-    floor = best - ENERGY_TOLERANCE * max(1.0, best)
-
-    # Stage 2, first as one weighted LP: minimise sum (w[t] - M) * p * dt with w the price
-    # plus the earliness penalty and M above every w. On a flow network (see the module
-    # docstring) every augmenting path then lowers the objective, so its optimum has the most
-    # energy and, among those, the least sum w * p: the lexicographic optimum in one solve.
-    # Should it come back short of the stage-1 energy (possible only when single- and
-    # three-phase cars share phase limits) the textbook LP with an energy floor decides.
-    t0 = time.perf_counter()
     if priced and minimise_cost:
         w = (np.asarray(problem.prices)[lay.slot]
              + (delay_cost * dt + TIE_BREAK / T) * lay.slot)
     else:
         w = (delay_cost * dt + 1.0 / T) * lay.slot
+    if not math.isfinite(window_weight) or window_weight < 0:
+        raise ValueError(f"window weight {window_weight}")
+    if window_weight:
+        window = np.fromiter((max(1, v.departure_slot) for v in problem.vehicles), np.float64,
+                             nv)[lay.vehicle]
+        w = w + window_weight * lay.slot / window
+    if not (math.isfinite(discount_per_hour) and 0 <= discount_per_hour < 1):
+        raise ValueError(f"discount {discount_per_hour}")
+    taper = _taper_block(problem, lay)
     fallback = stage2 == "energy_floor"
-    if not fallback:
-        big_m = float(w.max()) + max(1.0, float(w.max() - w.min()))
-        x = _linprog(dt * (w - big_m), a, b, bounds)
-        fallback = float(x.sum() * dt) < floor
-    if fallback:
-        x = _energy_floor_lp(lay, a, b, nv, T, dt, dt * w, bounds, floor)
-    stage_times.append(time.perf_counter() - t0)
+    if discount_per_hour:
+        # One LP: every kWh counts (1 - discount) per hour of delay less than one now, so
+        # energy now may be preferred to slightly more energy later (see the docstring).
+        t0 = time.perf_counter()
+        value = (1.0 - discount_per_hour) ** (lay.slot * dt)
+        x = _linprog(dt * (w * 1e-3 - value), a, b, bounds)
+        stage_times.append(time.perf_counter() - t0)
+        fallback = False
+    elif taper is not None:
+        x = _solve_tapered(lay, a, b, bounds, taper, dt, w, stage_times)
+        fallback = True
+    else:
+        # Stage 1: only its value is used.
+        t0 = time.perf_counter()
+        best = float(_linprog(np.full(n, -dt), a, b, bounds).sum() * dt)
+        stage_times.append(time.perf_counter() - t0)
+        floor = best - ENERGY_TOLERANCE * max(1.0, best)
+
+        # Stage 2, first as one weighted LP: minimise sum (w[t] - M) * p * dt with w the
+        # price plus the earliness penalty and M above every w. On a flow network (see the
+        # module docstring) every augmenting path then lowers the objective, so its optimum
+        # has the most energy and, among those, the least sum w * p: the lexicographic
+        # optimum in one solve. Should it come back short of the stage-1 energy (possible
+        # only when single- and three-phase cars share phase limits) the textbook LP with an
+        # energy floor decides.
+        t0 = time.perf_counter()
+        if not fallback:
+            big_m = float(w.max()) + max(1.0, float(w.max() - w.min()))
+            x = _linprog(dt * (w - big_m), a, b, bounds)
+            fallback = float(x.sum() * dt) < floor
+        if fallback:
+            x = _energy_floor_lp(lay, a, b, nv, T, dt, dt * w, bounds, floor)
+        stage_times.append(time.perf_counter() - t0)
 
     power[lay.vehicle, lay.slot] = _within_limits(problem, lay, x)
     energy = power.sum(axis=1) * dt
@@ -425,6 +585,12 @@ def violations(problem: Problem, plan: Plan, *, tol: float = 1e-6) -> list[str]:
             found.append(f"{v.key!r} above its max power")
         if row.sum() * dt > v.energy_kwh + tol:
             found.append(f"{v.key!r} gets more than it needs")
+        if v.taper_kwh is not None:
+            start, full = v.taper_kwh
+            before = np.concatenate([[0.0], np.cumsum(row)[:-1] * dt])
+            allowed = v.max_kw * np.minimum(1.0, (full - before) / (full - start))
+            if np.any(row > allowed + tol):
+                found.append(f"{v.key!r} above its taper")
     site = plan.power_kw.sum(axis=0)
     over = np.nonzero(site > np.maximum(np.asarray(problem.capacity_kw), 0) + tol)[0]
     if len(over):

@@ -1,6 +1,9 @@
 """Model-predictive control of planned sessions: the site's plans as one LP, re-solved on
 every event, turned into amps for now and a profile for the next slots.
 
+A slot's power becomes a pilot by :func:`load_manager.dispatch.plan_current` (0 or at least
+the minimum, in whole amperes), the rounding the scheduling bench measures.
+
 Planned cars are served before the others, so the LP sees the site's capacity minus the
 fail-safe and other load, minus the minimum current of every unplanned car that is charging
 (they must be able to go on). What the LP leaves is shared by the site's real-time policy.
@@ -21,6 +24,7 @@ from sqlmodel import Session
 
 from chargedesk.settings import Settings
 from load_manager import lp, prices, service
+from load_manager.dispatch import STEP_A, plan_current
 from load_manager.service import ActiveConnector, SiteState
 
 Key = tuple[str, int]
@@ -78,8 +82,9 @@ def plan_site(state: SiteState, *, now: datetime, settings: Settings) -> dict[Ke
     for connector, vehicle in zip(planned, vehicles, strict=True):
         assert connector.plan is not None and connector.plan.id is not None
         row = solution.row(vehicle.key)
-        per_amp_kw = voltage * len(vehicle.phases) / 1000
-        amps = [_amps(kw, per_amp_kw, connector) for kw in row]
+        amps = [plan_current(float(kw), phases=len(vehicle.phases), voltage_v=voltage,
+                             min_a=connector.wiring.min_current_a, step_a=STEP_A)
+                for kw in row]
         facts = {
             language: lp.explain(solution, vehicle.key, now.astimezone(zone), minutes,
                                  slot_prices, language)
@@ -144,12 +149,6 @@ def _vehicle(connector: ActiveConnector, *, now: datetime, minutes: int, voltage
         departure_slot=departure, energy_kwh=needed_wh / 1000,
         max_kw=connector.wiring.max_current_a * voltage * len(phases) / 1000, phases=phases,
     )
-
-
-def _amps(kw: float, per_amp_kw: float, connector: ActiveConnector) -> float:
-    """kW as amps per phase, floored to 0.1 A; below the car's minimum it is a pause."""
-    amps = math.floor(kw / per_amp_kw * 10 + 1e-9) / 10
-    return amps if amps >= connector.wiring.min_current_a else 0.0
 
 
 def store_solutions(session: Session, *, plans: dict[Key, ConnectorPlan]) -> None:

@@ -18,6 +18,7 @@ from sqlmodel import Session, col, select
 
 from chargedesk.errors import DomainError, NotFound
 from chargedesk.types import utcnow
+from load_manager.dispatch import Wiring
 from load_manager.models import (
     AllocationState,
     ChargePlan,
@@ -31,9 +32,9 @@ from load_manager.models import (
     VehicleObservation,
 )
 from station_api.models import Connector, IdTag, Site, Station, Transaction
+from station_api.service import insert_ignore
 
 ROTATIONS = ("RST", "RTS", "SRT", "STR", "TRS", "TSR")
-_PHASE_OF_LETTER = {"R": 0, "S": 1, "T": 2}
 # Config keys read with GetConfiguration to learn what a station's profiles may hold.
 CAPABILITY_KEYS = (
     "ChargeProfileMaxStackLevel",
@@ -52,19 +53,6 @@ class InvalidSetting(DomainError):
 
 
 @dataclass(frozen=True, slots=True)
-class Wiring:
-    phases: int = 3
-    rotation: str = "RST"
-    max_current_a: float = 16.0
-    min_current_a: float = 6.0
-
-    def site_phases(self, used: int | None = None) -> tuple[int, ...]:
-        """The site phases a car drawing on ``used`` of the connector's phases loads."""
-        count = self.phases if used is None else max(1, min(used, self.phases))
-        return tuple(_PHASE_OF_LETTER[letter] for letter in self.rotation[:count])
-
-
-@dataclass(frozen=True, slots=True)
 class ActiveConnector:
     """A connector with an open transaction, as the allocator needs to see it."""
 
@@ -76,7 +64,6 @@ class ActiveConnector:
     started_at: datetime
     wiring: Wiring
     vehicle_phases: int | None
-    vehicle_max_a: float | None
     delivered_wh: int | None
     priority: int
     plan: ChargePlan | None
@@ -301,7 +288,10 @@ def note_composite_unsupported(session: Session, *, station_id: str) -> None:
 def observe_meter_values(
     session: Session, *, transaction_id: int, samples: Sequence[Any]
 ) -> VehicleObservation | None:
-    """Learn the car's phases, peak current and power, and energy so far from samples."""
+    """Learn the car's phases, peak current and power, and energy so far from samples.
+
+    (What the car draws now, for the give-back, is the controller's: it needs the pilot the
+    station had when the sample was taken, :mod:`load_manager.meters`.)"""
     tx = session.get(Transaction, transaction_id)
     if tx is None:
         return None
@@ -339,9 +329,16 @@ def record_allocation(
     outcome: str,
     verified: bool | None = None,
 ) -> AllocationState:
-    row = session.get(AllocationState, (station_id, connector_id)) or AllocationState(
-        station_id=station_id, connector_id=connector_id, limit_a=limit_a, outcome=outcome
-    )
+    key = (station_id, connector_id)
+    row = session.get(AllocationState, key)
+    if row is None:
+        # Two decisions for a new connector can race (a rebalance and a plan, say): the
+        # second to insert takes the first's row instead of failing on the key.
+        insert_ignore(session, AllocationState, [{
+            "station_id": station_id, "connector_id": connector_id, "limit_a": limit_a,
+            "outcome": outcome, "decided_at": utcnow()}], key=("station_id", "connector_id"))
+        row = session.get(AllocationState, key)
+        assert row is not None
     row.transaction_id, row.limit_a, row.outcome, row.verified = (
         transaction_id, limit_a, outcome, verified
     )
@@ -482,7 +479,6 @@ def _active(
             id_tag=tx.id_tag, status=statuses.get(key), started_at=tx.start_timestamp,
             wiring=wiring.get(key, Wiring()),
             vehicle_phases=None if seen is None else seen.phases,
-            vehicle_max_a=None if seen is None else seen.max_current_a,
             delivered_wh=None if seen is None else seen.delivered_wh,
             priority=priorities.get(tx.id_tag, 0), plan=plans.get(tx.id or 0),
             last_limit_a=limits.get(key),

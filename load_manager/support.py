@@ -19,6 +19,7 @@ from chargedesk.db import run_in_session
 from chargedesk.errors import DomainError, NotFound
 from load_manager import service
 from load_manager.controller import LoadController
+from load_manager.events import PlanChanged
 from load_manager.models import ChargePlan, PlanStatus
 from station_api.models import IdTag, MeterSample, Transaction
 
@@ -77,6 +78,8 @@ async def plan_charge(
                                    station_id=plan.station_id)
     if site_id is not None:
         await controller.rebalance(site_id)
+    await controller.bus.publish(PlanChanged(plan_id=plan.id or 0, transaction_id=transaction_id,
+                                             status=str(PlanStatus.active)))
     return await show_plan(controller, transaction_id=transaction_id, id_tags=id_tags)
 
 
@@ -98,6 +101,8 @@ async def cancel_plan(
                                    station_id=view.station_id)
     if site_id is not None:
         await controller.rebalance(site_id)
+    await controller.bus.publish(PlanChanged(plan_id=view.id, transaction_id=transaction_id,
+                                             status=view.status))
     return view
 
 

@@ -16,19 +16,24 @@ of history around its timestamp, between the closing statuses before and after i
 offline and delivered late (``current=False``), events handled out of order, or a repeated
 stop all converge on the same rows. Meter values, which every charging station sends every
 few seconds, trigger nothing: an open visit's energy is as of its latest rebuild.
-:func:`backfill` runs the same derivation over the whole history. On PostgreSQL a
+Rebuilds run in the database's background lane and are coalesced per connector: events
+that arrive while a connector's rebuild waits to begin (a plug-in, a start and a Charging
+within a second, say) widen the stretch it rebuilds instead of queueing rebuilds of their
+own. :func:`backfill` runs the same derivation over the whole history. On PostgreSQL a
 transaction-scoped advisory lock per connector keeps two handlers from rebuilding the same
 stretch at once (SQLite has one writer anyway).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import structlog
-from sqlalchemy import Engine, delete, func, text
+from sqlalchemy import Engine, and_, case, delete, func, insert, or_, text
 from sqlmodel import Session, col, select
 
 from chargedesk.db import run_in_session
@@ -143,13 +148,24 @@ def rebuild_around(session: Session, *, station_id: str, connector_id: int,
     """Rebuild the visits of ``station_id``/``connector_id`` in the stretch of history
     between the closing statuses just before and just after ``at``; returns how many rows
     that stretch now holds."""
+    return rebuild_between(session, station_id=station_id, connector_id=connector_id,
+                           first=at, last=at)
+
+
+def rebuild_between(session: Session, *, station_id: str, connector_id: int,
+                    first: datetime, last: datetime) -> int:
+    """Rebuild the visits of the stretch from the closing status just before ``first`` to
+    the one just after ``last`` (every visit around any moment in between)."""
     _lock(session, station_id, connector_id)
-    lo = session.exec(select(func.max(StatusEvent.timestamp)).where(
-        *_connector(StatusEvent, station_id, connector_id),
-        col(StatusEvent.status).in_(CLOSING), StatusEvent.timestamp < at)).one()
-    hi = session.exec(select(func.min(StatusEvent.timestamp)).where(
-        *_connector(StatusEvent, station_id, connector_id),
-        col(StatusEvent.status).in_(CLOSING), StatusEvent.timestamp > at)).one()
+    here = (*_connector(StatusEvent, station_id, connector_id),
+            col(StatusEvent.status).in_(CLOSING))
+    # Both bounds in one statement: this runs for every status change of every station.
+    lo, hi = session.execute(select(
+        select(func.max(StatusEvent.timestamp)).where(*here, StatusEvent.timestamp < first)
+        .scalar_subquery(),
+        select(func.min(StatusEvent.timestamp)).where(*here, StatusEvent.timestamp > last)
+        .scalar_subquery(),
+    )).one()
     return _rebuild(session, station_id=station_id, connector_id=connector_id, lo=lo, hi=hi)
 
 
@@ -190,59 +206,86 @@ def _rebuild(session: Session, *, station_id: str, connector_id: int, lo: dateti
     """Derive the visits of ``[lo, hi]`` again and replace the rows they replace."""
     status_query = select(StatusEvent.timestamp, StatusEvent.status).where(
         *_connector(StatusEvent, station_id, connector_id))
-    tx_query = select(Transaction).where(*_connector(Transaction, station_id, connector_id))
+    # A running transaction's energy so far is its latest register reading.
+    latest = (select(func.max(MeterSample.value))
+              .where(MeterSample.transaction_id == Transaction.id,
+                     MeterSample.measurand == ENERGY_REGISTER)
+              .scalar_subquery())
+    tx_query = select(
+        Transaction.id, Transaction.start_timestamp, Transaction.meter_start_wh,
+        Transaction.meter_stop_wh,
+        case((col(Transaction.meter_stop_wh).is_(None), latest), else_=None),
+    ).where(*_connector(Transaction, station_id, connector_id))
     if lo is not None:
         status_query = status_query.where(StatusEvent.timestamp >= lo)
         tx_query = tx_query.where(Transaction.start_timestamp >= lo)
     if hi is not None:
         status_query = status_query.where(StatusEvent.timestamp <= hi)
         tx_query = tx_query.where(Transaction.start_timestamp < hi)
-    statuses = [StatusPoint(at, status) for at, status in session.exec(
+    statuses = [StatusPoint(at, status) for at, status in session.execute(
         status_query.order_by(StatusEvent.timestamp, StatusEvent.id)).all()]
-    txs = session.exec(tx_query.order_by(Transaction.start_timestamp, Transaction.id)).all()
-    visits = derive_visits(statuses, [TxPoint(t.id or 0, t.start_timestamp, _energy(session, t))
-                                      for t in txs])
+    txs = [TxPoint(tx_id, start, _energy(meter_start, meter_stop, reading))
+           for tx_id, start, meter_start, meter_stop, reading in session.execute(
+               tx_query.order_by(Transaction.start_timestamp, Transaction.id)).all()]
+    visits = derive_visits(statuses, txs)
 
-    stale = delete(UsageSession).where(*_connector(UsageSession, station_id, connector_id))
+    stale = and_(*_connector(UsageSession, station_id, connector_id))
     if lo is not None:
-        stale = stale.where(UsageSession.plugged_in_at >= lo)
+        stale = and_(stale, UsageSession.plugged_in_at >= lo)
     if hi is not None:
-        stale = stale.where(UsageSession.plugged_in_at < hi)
-    tx_ids = [t.id for t in txs if t.id is not None]
-    session.execute(stale)
-    if tx_ids:
-        # A row that held one of these transactions under an older reading of history.
-        session.execute(delete(UsageSession).where(col(UsageSession.transaction_id).in_(tx_ids)))
-    site_id = session.exec(select(Station.site_id).where(Station.id == station_id)).first()
-    for visit in visits:
-        session.add(UsageSession(
-            station_id=station_id, connector_id=connector_id, site_id=site_id,
-            transaction_id=visit.transactions[0].id if visit.transactions else None,
-            plugged_in_at=visit.plugged_in_at, unplugged_at=visit.unplugged_at,
-            charging_s=round(visit.charging_s), idle_s=round(visit.idle_s),
-            energy_wh=visit.energy_wh, outcome=visit.outcome,
-        ))
-    session.flush()
+        stale = and_(stale, UsageSession.plugged_in_at < hi)
+    if txs:
+        # Also a row that held one of these transactions under an older reading of history.
+        stale = or_(stale, col(UsageSession.transaction_id).in_([t.id for t in txs]))
+    session.execute(delete(UsageSession).where(stale))
+    if visits:
+        site_id = session.execute(select(Station.site_id).where(Station.id == station_id)
+                                  ).scalar()
+        session.execute(insert(UsageSession), [{
+            "station_id": station_id, "connector_id": connector_id, "site_id": site_id,
+            "transaction_id": visit.transactions[0].id if visit.transactions else None,
+            "plugged_in_at": visit.plugged_in_at, "unplugged_at": visit.unplugged_at,
+            "charging_s": round(visit.charging_s), "idle_s": round(visit.idle_s),
+            "energy_wh": visit.energy_wh, "outcome": visit.outcome,
+        } for visit in visits])
     return len(visits)
 
 
-def _energy(session: Session, tx: Transaction) -> int | None:
-    if tx.meter_stop_wh is not None:
-        return tx.meter_stop_wh - tx.meter_start_wh
-    latest = session.exec(select(func.max(MeterSample.value)).where(
-        MeterSample.transaction_id == tx.id, MeterSample.measurand == ENERGY_REGISTER)).one()
-    return None if latest is None else int(latest) - tx.meter_start_wh
+def _energy(meter_start_wh: int, meter_stop_wh: int | None, latest: Any) -> int | None:
+    """Energy delivered: meter stop minus start once stopped, else up to the latest reading
+    (None before the first)."""
+    if meter_stop_wh is not None:
+        return meter_stop_wh - meter_start_wh
+    return None if latest is None else int(latest) - meter_start_wh
 
 
 # ---------------------------------------------------------------- subscribers
 
 
 @dataclass
+class _Due:
+    """What a connector's coming rebuild covers: moments in its history and transactions
+    (whose start places them)."""
+
+    first: datetime | None = None
+    last: datetime | None = None
+    transactions: set[int] = field(default_factory=set)
+
+    def add(self, at: datetime) -> None:
+        self.first = at if self.first is None else min(self.first, at)
+        self.last = at if self.last is None else max(self.last, at)
+
+
+@dataclass
 class UsageTracker:
-    """Rebuilds the visit around each station event, off the event loop."""
+    """Rebuilds the visits around station events, off the event loop, one rebuild per
+    connector for all the events that came while it waited to begin."""
 
     engine: Engine
     bus: InMemoryEventBus
+    # Connectors with a rebuild queued that has not begun; the worker thread takes them.
+    _due: dict[tuple[str, int], _Due] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def install(self) -> None:
         self.bus.subscribe(StatusChanged, self.on_status)
@@ -253,25 +296,49 @@ class UsageTracker:
         if event.connector_id == 0:  # the station as a whole: no visit of its own
             return
         # Late (current=False) or not, the station's timestamp places it in history.
-        await run_in_session(self.engine, rebuild_around, station_id=event.station_id,
-                             connector_id=event.connector_id, at=event.timestamp)
+        await self._rebuild(event.station_id, event.connector_id, at=event.timestamp)
 
     async def on_started(self, event: TransactionStarted) -> None:
-        await run_in_session(self.engine, rebuild_around, station_id=event.station_id,
-                             connector_id=event.connector_id, at=event.timestamp)
+        await self._rebuild(event.station_id, event.connector_id, at=event.timestamp)
 
     async def on_stopped(self, event: TransactionStopped) -> None:
-        await run_in_session(self.engine, _rebuild_transaction,
-                             transaction_id=event.transaction_id)
+        # The visit a transaction belongs to is the one around its start.
+        await self._rebuild(event.station_id, event.connector_id,
+                            transaction_id=event.transaction_id)
 
+    async def _rebuild(self, station_id: str, connector_id: int, *, at: datetime | None = None,
+                       transaction_id: int | None = None) -> None:
+        key = (station_id, connector_id)
+        with self._lock:
+            queued = key in self._due
+            due = self._due.setdefault(key, _Due())
+            if at is not None:
+                due.add(at)
+            if transaction_id is not None:
+                due.transactions.add(transaction_id)
+        if queued:
+            return  # the rebuild already queued will cover this event too
+        try:
+            await run_in_session(self.engine, self._run_due, key=key)
+        except BaseException:
+            with self._lock:  # never begun (cancelled): let the next event queue it anew
+                if self._due.get(key) is due:
+                    del self._due[key]
+            raise
 
-def _rebuild_transaction(session: Session, *, transaction_id: int) -> int:
-    """The visit a transaction belongs to: the one around its start."""
-    tx = session.get(Transaction, transaction_id)
-    if tx is None:
-        return 0
-    return rebuild_around(session, station_id=tx.station_id, connector_id=tx.connector_id,
-                          at=tx.start_timestamp)
+    def _run_due(self, session: Session, *, key: tuple[str, int]) -> int:
+        with self._lock:
+            due = self._due.pop(key)
+        station_id, connector_id = key
+        if due.transactions:
+            for start in session.execute(select(Transaction.start_timestamp).where(
+                    col(Transaction.id).in_(due.transactions),
+                    *_connector(Transaction, station_id, connector_id))).scalars():
+                due.add(start)
+        if due.first is None or due.last is None:
+            return 0
+        return rebuild_between(session, station_id=station_id, connector_id=connector_id,
+                               first=due.first, last=due.last)
 
 
 def install(*, engine: Engine, bus: InMemoryEventBus) -> UsageTracker:

@@ -109,6 +109,7 @@ class CentralSystem:
         # station -> (stored hash, sha256 of the password last verified against it), so a
         # reconnect storm does not cost one scrypt per station each time.
         self._verified: dict[str, tuple[str, bytes]] = {}
+        self._checking: dict[tuple[str, str, bytes], asyncio.Future[bool]] = {}
         self._heartbeats: dict[str, datetime] = {}
 
     async def db(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
@@ -201,7 +202,16 @@ class CentralSystem:
         digest = hashlib.sha256(password.encode()).digest()
         if self._verified.get(station_id) == (stored, digest):
             return True
-        if await self._in_password_pool(verify_password, password, stored):
+        # A station that gives up on a slow handshake dials again with the same password:
+        # it waits for the check already under way instead of queueing another scrypt.
+        key = (station_id, stored, digest)
+        check = self._checking.get(key)
+        if check is None:
+            check = asyncio.ensure_future(self._in_password_pool(verify_password, password,
+                                                                 stored))
+            self._checking[key] = check
+            check.add_done_callback(lambda _: self._checking.pop(key, None))
+        if await asyncio.shield(check):
             self._verified[station_id] = (stored, digest)
             return True
         return False
@@ -231,6 +241,9 @@ class CentralSystem:
             await self.flush_heartbeats()
             now = time.monotonic()
             for station_id, websocket in list(self._sockets.items()):
+                connection = self.connections.get(station_id)
+                if connection is not None and connection.calls_in_progress:
+                    continue  # it waits for us: slow answers are ours, not its silence
                 if now - self._last_seen.get(station_id, now) > limit:
                     self._offline_reason[id(websocket)] = "missed heartbeats"
                     await _close(websocket, 1001, "no message within two heartbeat intervals")

@@ -165,6 +165,7 @@ class StationConnection(ChargePoint):
         self.central = central
         self.registration = Registration.accepted
         self.closed = asyncio.Event()
+        self.calls_in_progress = 0
 
     async def route_message(self, raw_msg: str | bytes) -> None:
         """Like the library's, but a malformed frame gets a CALLERROR instead of silence."""
@@ -185,7 +186,14 @@ class StationConnection(ChargePoint):
                 raise SecurityError(
                     details={"cause": "charge point is pending an operator's approval"}
                 )
-            await self._handle_call(msg)
+            # A station waits for our answer before it sends anything else: while we work
+            # on its message it is not silent, and the silence counts from our answer.
+            self.calls_in_progress += 1
+            try:
+                await self._handle_call(msg)
+            finally:
+                self.calls_in_progress -= 1
+                self.central.touch(self.id)
         except OCPPError as error:
             metrics.OCPP_CALL_ERRORS.labels(code=error.code).inc()
             await self._send(CallError(unique_id, error.code, error.description,

@@ -287,16 +287,36 @@ def record_status(
     )
     if not insert_ignore(session, StatusEvent, [row], key=_STATUS_KEY)[0]:
         return False, False
-    live = session.get(Connector, (station_id, connector_id))
-    if live is not None and live.status_at > timestamp:
-        return True, False
-    if live is None:
-        live = Connector(station_id=station_id, connector_id=connector_id, status=status,
-                         status_at=timestamp)
-    live.status, live.error_code, live.info = status, error_code, info
-    live.vendor_id, live.vendor_error_code, live.status_at = vendor_id, vendor_error_code, timestamp
-    session.add(live)
-    return True, True
+    # One statement for the live state, as this runs for every status of every station:
+    # insert it, or update it unless what is stored is newer.
+    upsert = _connector_upsert(session.get_bind().dialect.name)
+    live = {key: value for key, value in row.items() if key != "timestamp"}
+    live["status_at"] = timestamp
+    current = session.execute(upsert, live).first() is not None
+    loaded = session.identity_map.get(session.identity_key(Connector, (station_id, connector_id)))
+    if loaded is not None:
+        session.expire(loaded)  # read afresh if this session looks at it again
+    return True, current
+
+
+_CONNECTOR_UPSERTS: dict[str, Any] = {}
+
+
+def _connector_upsert(dialect: str) -> Any:
+    """INSERT a connector's live state, or UPDATE it unless the stored one is newer;
+    RETURNING a row only when it was written. Built once per dialect."""
+    upsert = _CONNECTOR_UPSERTS.get(dialect)
+    if upsert is None:
+        table = Connector.__table__  # type: ignore[attr-defined]
+        insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[dialect](table)
+        changed = ("status", "error_code", "info", "vendor_id", "vendor_error_code",
+                   "status_at")
+        upsert = _CONNECTOR_UPSERTS[dialect] = insert.on_conflict_do_update(
+            index_elements=[table.c.station_id, table.c.connector_id],
+            set_={name: insert.excluded[name] for name in changed},
+            where=table.c.status_at <= insert.excluded.status_at,
+        ).returning(table.c.connector_id)
+    return upsert
 
 
 def status_history(

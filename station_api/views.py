@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Query, Request, WebSocket, status
 from pydantic import BaseModel, Field, model_validator
+from starlette.concurrency import run_in_threadpool
 
 from chargedesk.auth import OperatorUser, SessionDep, StaffUser
 from station_api import service
@@ -312,6 +313,7 @@ async def send_command(
     action: str,
     request: Request,
     principal: StaffUser,
+    session: SessionDep,
     payload: Annotated[dict[str, Any], Body(default_factory=dict)],
     reason: Annotated[str | None, Query(max_length=500)] = None,
     timeout: Annotated[float | None, Query(gt=0, le=300)] = None,
@@ -321,6 +323,9 @@ async def send_command(
     The answer gives the outcome (accepted, rejected, offline, timeout, error) and what the
     station said. An action or payload OCPP 1.6 does not allow is refused with 422.
     """
+    # The request's own session (the API key check) is done with: give its connection
+    # back before waiting for the station, which may take up to the command's timeout.
+    await run_in_threadpool(session.commit)
     cs = central(request)
     if not cs.is_online(station_id):  # a connected station exists; spare the lookup
         await cs.db(service.get_station, station_id=station_id)

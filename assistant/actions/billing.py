@@ -3,8 +3,11 @@ balance and top-ups, and paying by Autogiro."""
 
 from __future__ import annotations
 
+import json
 import re
-from datetime import date
+import time
+from dataclasses import dataclass
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -14,7 +17,7 @@ from rasa_sdk.events import SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 from sqlmodel import Session
 
-from assistant.actions import context, queries
+from assistant.actions import context, prices, queries, reference
 from assistant.actions.common import (
     Driver,
     handoff,
@@ -32,7 +35,9 @@ from assistant.actions.common import (
 )
 from assistant.actions.words import DIMENSION, UNIT, VAT
 from billing_api import payments, support
+from billing_api import service as tariffs
 from billing_api.models import PaymentMethod
+from billing_api.pricing import price_sheet
 from billing_api.service import BillingError
 from billing_api.wallets import to_ore
 from chargedesk.errors import DomainError
@@ -80,27 +85,47 @@ class ActionPriceInfo(Action):
             dispatcher.utter_message(response="utter_ask_station_id")
             return []
         driver_id = int_slot(tracker, "driver_id") if tracker.get_slot("verified") else None
+        connector = int_slot(tracker, "connector")
+        minute = int(time.time() // 60)  # which of the tariff's time windows applies
         try:
-            sheet = await context.db(_price, station_id=station_id, site_id=site_id,
-                                     connector=int_slot(tracker, "connector"),
-                                     driver_id=driver_id, settings=runtime.settings)
+            sheet = await reference.of(runtime).prices.get_or_load(
+                (station_id, site_id, connector, driver_id, minute),
+                lambda: context.db(_price, station_id=station_id, site_id=site_id,
+                                   connector=connector, driver_id=driver_id,
+                                   settings=runtime.settings))
         except DomainError:
             dispatcher.utter_message(response="utter_no_price",
                                      station_id=station_id or site_id)
             return []
-        lines = []
-        for element in sheet["elements"]:
-            if not element["applies_now"]:
-                continue
-            for c in element["components"]:
-                price = c["price_incl_vat"] if c["price_incl_vat"] is not None \
-                    else c["price_excl_vat"]
-                unit = UNIT[lang].get(c["unit"], c["unit"])
-                lines.append(f"{DIMENSION[lang].get(c['type'], c['type'])}: "
-                             f"{money(Decimal(price), lang, sheet['currency'])}/{unit}")
         dispatcher.utter_message(response="utter_price_now", station_id=sheet["station_id"],
-                                 prices="\n".join(lines) or "-")
+                                 prices="\n".join(price_lines(sheet, lang)) or "-")
         return []
+
+
+def price_lines(sheet: dict[str, Any], lang: str) -> list[str]:
+    """Every price of the tariff with when it applies ("Energi 22-06: 1,95 kr/kWh"), the
+    one that applies now marked where a dimension has several."""
+    elements = sheet["elements"]
+    day = datetime.fromisoformat(sheet["at"]).date()
+    labelled = prices.labels(elements, language=lang, day=day)
+    now = prices.applies_now(elements, labelled)
+    lines = []
+    for index, element in enumerate(elements):
+        for c in element["components"]:
+            key = (index, c["type"])
+            if key not in labelled:
+                continue  # never applies (shadowed, or not in force today)
+            price = c["price_incl_vat"] if c["price_incl_vat"] is not None \
+                else c["price_excl_vat"]
+            unit = UNIT[lang].get(c["unit"], c["unit"])
+            name = DIMENSION[lang].get(c["type"], c["type"])
+            when_ = labelled[key]
+            line = (f"{name}{' ' + when_ if when_ else ''}: "
+                    f"{money(Decimal(price), lang, sheet['currency'])}/{unit}")
+            if key in now:
+                line += f" ({prices.WORDS[lang]['now']})"
+            lines.append(line)
+    return lines
 
 
 # ---------------------------------------------------------------- history and costs
@@ -148,9 +173,34 @@ def _nth_session(session: Session, *, driver_id: int, back: int) -> Any:
     return rows[back]
 
 
-def _explain(session: Session, *, driver_id: int, back: int) -> Any:
+@dataclass(frozen=True)
+class _Explained:
+    cost: Any  # billing_api.sessions.CostExplanation
+    # The tariff's elements as at the session's start (price_sheet's), and the element each
+    # cost line was priced by: to say which window a line's price belongs to.
+    elements: list[dict[str, Any]]
+    line_elements: list[int | None]
+    day: date
+
+
+def _explain(session: Session, *, driver_id: int, back: int, settings: Any) -> _Explained:
     row = _nth_session(session, driver_id=driver_id, back=back)
-    return support.explain_cost(session, driver_id=driver_id, session_id=row.id)
+    cost = support.explain_cost(session, driver_id=driver_id, session_id=row.id)
+    zone = ZoneInfo(stations.station_time_zone(session, station_id=row.station_id,
+                                               default=settings.time_zone))
+    elements: list[dict[str, Any]] = []
+    line_elements: list[int | None] = [None] * len(cost.lines)
+    try:
+        version = tariffs.tariff_version(session, tariff_id=row.tariff_id or "",
+                                         version=row.tariff_version)
+        elements = price_sheet(tariffs.load(version), at=row.start_at,
+                               time_zone=zone)["elements"]
+        breakdown = json.loads(row.cdr or "{}").get("cost_breakdown") or []
+        if len(breakdown) == len(cost.lines):
+            line_elements = [line.get("tariff_element") for line in breakdown]
+    except (DomainError, ValueError):
+        pass  # the lines are still right; only their time windows go unsaid
+    return _Explained(cost, elements, line_elements, row.start_at.astimezone(zone).date())
 
 
 class ActionExplainCost(Action):
@@ -165,24 +215,32 @@ class ActionExplainCost(Action):
         driver = await verified_driver(dispatcher, tracker)
         if driver is None:
             return []
+        settings = context.current().settings
         try:
-            cost = await context.db(_explain, driver_id=driver.id, back=offset(tracker))
+            found = await context.db(_explain, driver_id=driver.id, back=offset(tracker),
+                                     settings=settings)
         except support.NotFound:
             dispatcher.utter_message(response="utter_no_session")
             return []
-        lang, cur = driver.language, cost.currency
-        lines = [
-            f"{DIMENSION[lang].get(line.dimension, line.dimension)}: "
-            f"{number(line.quantity, lang, 3)} {UNIT[lang].get(line.unit, line.unit)} \u00d7 "
-            f"{money(line.unit_price, lang, cur)} = {money(line.amount_excl_vat, lang, cur)}"
-            for line in cost.lines]
+        cost, lang = found.cost, driver.language
+        cur = cost.currency
+        windows = prices.labels(found.elements, language=lang, day=found.day)
+        lines = []
+        for line, element in zip(cost.lines, found.line_elements, strict=True):
+            name = DIMENSION[lang].get(line.dimension, line.dimension)
+            window = windows.get((element, line.dimension)) if element is not None else None
+            lines.append(
+                f"{name}{' ' + window if window else ''}: "
+                f"{number(line.quantity, lang, 3)} {UNIT[lang].get(line.unit, line.unit)} "
+                f"\u00d7 {money(line.unit_price, lang, cur)} = "
+                f"{money(line.amount_excl_vat, lang, cur)}")
         if cost.price_limit_adjustment is not None:
             lines.append(f"{DIMENSION[lang]['ADJUSTMENT']}: "
                          f"{money(cost.price_limit_adjustment[0], lang, cur)}")
         vat = "\n".join(f"{_vat(v.rate, lang)}: {money(v.amount, lang, cur)}" for v in cost.vat)
         dispatcher.utter_message(
             response="utter_cost_explained", station_id=cost.station_id,
-            start=when(cost.start_at, lang, context.current().settings.time_zone),
+            start=when(cost.start_at, lang, settings.time_zone),
             lines="\n".join(lines), vat=vat, total_excl_vat=money(cost.total_excl_vat, lang, cur),
             total=money(cost.total_incl_vat, lang, cur))
         return []

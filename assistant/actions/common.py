@@ -35,9 +35,14 @@ def money(amount: Decimal, language: str, currency: str = "SEK") -> str:
                            currency_digits=pattern is None)
 
 
+# Numbers beside English money ("0.5 kWh at SEK 1.68") need the English decimal point, which
+# en_SE would print as a comma.
+_NUMBER_LOCALES = {"sv": "sv_SE", "en": "en"}
+
+
 def number(value: Decimal | float | int, language: str, digits: int = 2) -> str:
     pattern = "#,##0." + "#" * digits if digits else "#,##0"
-    return format_decimal(value, format=pattern, locale=LOCALES[language])
+    return format_decimal(value, format=pattern, locale=_NUMBER_LOCALES[language])
 
 
 def when(at: datetime, language: str, time_zone: str) -> str:

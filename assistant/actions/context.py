@@ -22,9 +22,15 @@ _runtime: Runtime | None = None
 
 
 def configure(runtime: Runtime) -> None:
-    """Point the actions at ``runtime`` (the last call wins)."""
+    """Point the actions at ``runtime`` (the last call wins), and subscribe what they
+    react to on its bus (card blocks owed to stations that reconnect, statuses that make
+    kept reference data stale)."""
+    from assistant.actions import cards, reference
+
     global _runtime
     _runtime = runtime
+    cards.install(runtime)
+    reference.install(runtime)
 
 
 def current() -> Runtime:

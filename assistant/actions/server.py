@@ -1,4 +1,5 @@
-"""``POST /webhook``: Rasa's action-server protocol over our actions, for an external Rasa.
+"""``POST /webhook``: Rasa's action-server protocol over our actions, for an external Rasa;
+the actions' operator endpoints (:mod:`assistant.actions.views`) are served beside it.
 
 The caller acts with the identity the tracker's slots carry (``driver_id``, ``verified``),
 so it must be trusted like staff: a bearer API key of an operator or agent.
@@ -11,10 +12,12 @@ from typing import Any
 from fastapi import APIRouter, Body
 from fastapi.responses import JSONResponse
 
-from assistant.actions import registry
+from assistant.actions import registry, views
 from chargedesk.auth import StaffUser
 
 router = APIRouter(tags=["assistant"])
+# The actions' operator endpoints ride on this router, which the app already includes.
+router.include_router(views.router)
 
 
 @router.post("/webhook")

@@ -11,7 +11,7 @@ from rasa_sdk.events import FollowupAction, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 from sqlmodel import Session
 
-from assistant.actions import context, places, safety
+from assistant.actions import context, flags, places, reference, safety
 from assistant.actions.common import (
     failed,
     handoff,
@@ -54,10 +54,12 @@ class ActionStationStatus(Action):
                   domain: dict[str, Any]) -> Events:
         lang, central = language(tracker), context.current().central
         station_id, site_id = station_slot(tracker), text_slot(tracker, "site")
+        kept = reference.of(context.current())
         if station_id is not None:
             ids = [station_id]
         elif site_id is not None:
-            ids = await context.db(_site_stations, site_id=site_id)
+            ids = await kept.sites.get_or_load(
+                ("stations", site_id), lambda: context.db(_site_stations, site_id=site_id))
         else:
             dispatcher.utter_message(response="utter_ask_station_id")
             return []
@@ -66,7 +68,8 @@ class ActionStationStatus(Action):
             return []
         for sid in ids:
             try:
-                connectors = await context.db(_connectors, station_id=sid)
+                connectors = await kept.connectors.get_or_load(
+                    sid, lambda sid=sid: context.db(_connectors, station_id=sid))
             except stations.NotFound:
                 dispatcher.utter_message(response="utter_unknown_station", station_id=sid)
                 continue
@@ -243,7 +246,8 @@ class ActionFindCharger(Action):
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker,
                   domain: dict[str, Any]) -> Events:
         lang = language(tracker)
-        sites = await context.db(_sites)
+        sites = await reference.of(context.current()).sites.get_or_load(
+            "all", lambda: context.db(_sites))
         known = places.gazetteer()
         site_id = text_slot(tracker, "site")
         origin: tuple[str, tuple[float, float]] | None = None
@@ -270,9 +274,24 @@ class ActionFindCharger(Action):
         return [SlotSet("site", nearby[0][1]["id"])]
 
 
+def reported_words(tracker: Tracker) -> str | None:
+    """What the driver wrote when they reported the problem: the latest message NLU took
+    for ``report_station_problem`` (a form may have asked for the station since)."""
+    for event in reversed(tracker.events or []):
+        if event.get("event") != "user":
+            continue
+        intent = ((event.get("parse_data") or {}).get("intent") or {}).get("name")
+        text = str(event.get("text") or "").strip()
+        if intent == "report_station_problem" and text and not text.startswith("/"):
+            return text
+    text = str(tracker.latest_message.get("text") or "").strip()
+    return text if text and not text.startswith("/") else None
+
+
 class ActionReportStationProblem(Action):
-    """A driver reports a broken or damaged ``station_id``: a person takes it over (reason
-    ``damage``). There is no station flag to store yet, so the escalation is the ticket."""
+    """A driver reports a broken or damaged ``station_id`` (``connector`` if they said):
+    the station is flagged for operators (:mod:`assistant.actions.flags`) and a person
+    takes the conversation over as a ticket (an escalation, reason ``damage``)."""
 
     def name(self) -> str:
         return "action_report_station_problem"
@@ -283,8 +302,14 @@ class ActionReportStationProblem(Action):
         if station_id is None:
             dispatcher.utter_message(response="utter_ask_station_id")
             return []
+        driver_id = int_slot(tracker, "driver_id") if tracker.get_slot("verified") else None
         try:
-            await context.db(stations.get_station, station_id=station_id)
+            await context.db(
+                flags.flag_station, station_id=station_id,
+                connector_id=int_slot(tracker, "connector"),
+                description=reported_words(tracker),
+                reported_by=safety.requested_by(driver_id) if driver_id else "anonymous",
+                channel=tracker.get_latest_input_channel(), sender=tracker.sender_id)
         except stations.NotFound:
             dispatcher.utter_message(response="utter_unknown_station", station_id=station_id)
             return []

@@ -118,7 +118,8 @@ def read_token(secret: bytes, token: str) -> ChatToken | None:
     return claims
 
 
-def _bearer(request: Request) -> ChatToken:
+async def _bearer(request: Request) -> ChatToken:
+    # async: a plain def dependency would cost every chat request a hop to a worker thread
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     claims = read_token(_secret(request), value.strip()) if scheme.lower() == "bearer" else None
@@ -201,6 +202,8 @@ class SessionOut(BaseModel):
     token: str
     expires_at: int
     driver_id: int | None = None
+    # Bot messages to show at once (signing in: an agent already has the driver's case).
+    messages: list[dict[str, Any]] = []
 
 
 @router.post("/chat/session", response_model=SessionOut)
@@ -231,10 +234,28 @@ async def rest_webhook(body: RestMessage, request: Request, chat: Chat) -> list[
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "metadata too large")
     from assistant.service import Identity, handle_message
 
-    who = (Identity(driver_id=chat.driver_id, verified=True, via=CHANNEL)
-           if chat.driver_id is not None else None)
-    return await handle_message(request.app.state.runtime, channel=CHANNEL, sender=chat.sender,
-                                text=body.message, identity=who, metadata=body.metadata)
+    runtime = request.app.state.runtime
+    who, joined = None, None
+    if chat.driver_id is not None:
+        who = Identity(driver_id=chat.driver_id, verified=True, via=CHANNEL)
+        # Signed in: the driver's. Joined before the assistant answers, so a driver
+        # people already have (a ticket from another channel) is told so, not answered.
+        from assistant import contacts
+
+        joined = await contacts.join(runtime, channel=CHANNEL, sender=chat.sender,
+                                     address=chat.sender, driver_id=chat.driver_id,
+                                     proven=True)
+    messages = await handle_message(runtime, channel=CHANNEL, sender=chat.sender,
+                                    text=body.message, identity=who, metadata=body.metadata)
+    if not messages and joined is not None:
+        from assistant import contacts
+
+        messages = await contacts.acknowledge(runtime, channel=CHANNEL, sender=chat.sender,
+                                              joined=joined)
+        for message in messages:
+            await runtime.bus.publish(BotUttered(channel=CHANNEL, sender=chat.sender,
+                                                 message=message))
+    return messages
 
 
 class VerifyStart(BaseModel):
@@ -293,8 +314,19 @@ async def verify_check(body: VerifyCheck, request: Request, chat: Chat) -> Sessi
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "wrong or expired code")
     token, claims = issue_token(_secret(request), sender=chat.sender, driver_id=driver_id)
     log.info("web chat signed in", driver_id=driver_id)
+    # A signed-in session is the driver's: its conversation joins their one contact, and
+    # a ticket they hold on another channel follows them here before they write anything.
+    from assistant import contacts
+
+    joined = await contacts.join(runtime, channel=CHANNEL, sender=chat.sender,
+                                 address=chat.sender, driver_id=driver_id, proven=True)
+    told = await contacts.acknowledge(runtime, channel=CHANNEL, sender=chat.sender,
+                                      joined=joined)
+    for message in told:  # to other open tabs of this chat
+        await runtime.bus.publish(BotUttered(channel=CHANNEL, sender=chat.sender,
+                                             message=message))
     return SessionOut(sender=chat.sender, token=token, expires_at=claims.expires_at,
-                      driver_id=driver_id)
+                      driver_id=driver_id, messages=told)
 
 
 @router.websocket("/chat/ws")

@@ -37,8 +37,13 @@ class Domain:
     actions: list[str] = field(default_factory=list)
     carryover: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
+    _fillable: list[tuple[str, dict[str, Any], frozenset[str], bool]] | None = field(
+        default=None, init=False, repr=False, compare=False)
+    _as_dict: dict[str, Any] | None = field(default=None, init=False, repr=False,
+                                            compare=False)
 
     def merge(self, data: dict[str, Any]) -> None:
+        self._fillable = self._as_dict = None
         for name in data.get("intents") or []:
             key = next(iter(name)) if isinstance(name, dict) else name
             if key not in self.intents:
@@ -57,7 +62,13 @@ class Domain:
         self.carryover.update(data.get("carryover") or {})
 
     def as_dict(self) -> dict[str, Any]:
-        """Rasa's domain JSON, as the action server protocol sends it."""
+        """Rasa's domain JSON, as the action server protocol sends it (built once: treat it
+        as read-only)."""
+        if self._as_dict is None:
+            self._as_dict = self._build_dict()
+        return self._as_dict
+
+    def _build_dict(self) -> dict[str, Any]:
         return {
             "version": "3.1",
             "intents": list(self.intents),
@@ -69,6 +80,24 @@ class Domain:
             "session_config": {"session_expiration_time": 60,
                                "carry_over_slots_to_new_session": True},
         }
+
+    def fillable_slots(self, entities: set[str]
+                       ) -> list[tuple[str, dict[str, Any]]]:
+        """The slots, in domain order, that a message with these entities may fill through
+        their mappings: a ``from_entity`` mapping of one of them, or a ``from_intent`` one.
+        Other slots can only be filled by a form asking for them (``from_text``, custom)."""
+        if self._fillable is None:
+            self._fillable = []
+            for name, spec in self.slots.items():
+                mappings = spec.get("mappings") or []
+                by_entity = frozenset(str(m.get("entity")) for m in mappings
+                                      if m.get("type") == "from_entity")
+                by_intent = any(m.get("type") == "from_intent" and m.get("intent")
+                                for m in mappings)
+                if by_entity or by_intent:
+                    self._fillable.append((name, spec, by_entity, by_intent))
+        return [(name, spec) for name, spec, by_entity, by_intent in self._fillable
+                if by_intent or not by_entity.isdisjoint(entities)]
 
     def initial_slots(self) -> dict[str, Any]:
         return {name: spec.get("initial_value") for name, spec in self.slots.items()}

@@ -153,7 +153,12 @@ class DialogueEngine:
         mapping conditions hold; the slot a form asked for is left to the form."""
         parse = turn.parse
         language = parse.get("language")
-        words = len(re.findall(r"\w+", str(parse.get("text") or "")))
+        text = str(parse.get("text") or "")
+        # Words inside an entity ("SE-STO-CITY-01", "uttag 2") say nothing of the language.
+        for entity in sorted(parse.get("entities") or [], key=lambda e: -(e.get("start") or 0)):
+            if isinstance(entity.get("start"), int) and isinstance(entity.get("end"), int):
+                text = text[:entity["start"]] + " " + text[entity["end"]:]
+        words = len(re.findall(r"\w+", text))
         # A short "ok" or "2" says little about the language; a payload says nothing.
         if language in ("sv", "en") and ("language" not in parse or words >= 2
                                          or not turn.slots.get("language")):
@@ -163,7 +168,8 @@ class DialogueEngine:
         elif turn.slots.get("language") in ("sv", "en"):
             turn.conversation.language = turn.slots["language"]
         requested = turn.slots.get("requested_slot") if turn.conversation.active_loop else None
-        for name, spec in self.domain.slots.items():
+        entities = {str(e.get("entity")) for e in parse.get("entities") or []}
+        for name, spec in self.domain.fillable_slots(entities):
             if name == requested:
                 continue
             found, value = self._mapped_value(turn, spec, requested_slot=requested,

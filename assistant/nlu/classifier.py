@@ -1,17 +1,39 @@
-"""The intent classifier: an ensemble of linear models over TF-IDF word and character
-n-grams, with probabilities calibrated by a softmax temperature fitted on held-out data.
+"""The intent classifier: an ensemble over TF-IDF word and character n-grams of one linear
+model and two small neural networks, with probabilities calibrated by a softmax temperature
+fitted on held-out data.
 
-Three members see the text differently: word 1-2 grams with within-word character 2-5 grams;
-character 3-6 grams across word boundaries (which catches "laddaren funkar" and "chargeing"
-alike); word 1-3 grams with character 1-5 grams. (On BANKING77 the third member adds 0.3
-points over the first two; on CLINC150 it changes nothing; on our data everything trains in
-about two seconds.) Each member is a LinearSVC; its decision scores become probabilities
-through ``softmax(T * scores)`` with ``T`` minimising the negative log-likelihood on a
-validation split, and the ensemble averages the probabilities.
+The members, chosen on CLINC150's validation split and a held-out fifth of BANKING77's training
+set (never on a test split):
+
+- a LinearSVC over word 1-3 grams and within-word character 1-5 grams;
+- two one-hidden-layer networks (512 ReLU units, dropout, Adam; seeds 0 and 1) over the same
+  n-grams seen at least twice. The hidden layer lets word and character evidence combine
+  ("credit score" with "improve" is another intent than "credit score" alone), which a linear
+  model cannot do; it added about 0.6 points of in-scope accuracy on CLINC150 validation and
+  0.6 on BANKING77 held-out over the linear models, whose variants (C, feature sets, logistic
+  regression, NB-SVM) all stayed within noise of each other.
+
+Each member's scores become probabilities through ``softmax(T * scores)`` with ``T``
+minimising the negative log-likelihood on a validation split, and the ensemble averages the
+probabilities.
+
+Out of scope: when the data has an explicit out-of-scope class, a message is out of scope when
+that class wins, or when the log-odds of the best in-scope intent against it,
+``log(max in-scope p) - log(p_out_of_scope)``, is below a threshold (:class:`OutOfScopeRule`).
+The threshold is the highest that costs at most ``max_in_scope_loss`` (0.3 points) of in-scope
+accuracy on the validation split: it only needs in-scope examples to be set, so the hundred or
+so out-of-scope validation queries don't make it jump. Chosen on CLINC150's validation split
+over the maximum probability, the explicit class's probability alone, the top-2 margin, an
+energy score over the logits, the cosine similarity to the nearest training examples in the
+TF-IDF space (k = 1, 3, 10) and two separate thresholds on the class probability and the
+maximum probability: at a 0.3-point in-scope cost on val it rejected 72 % of out-of-scope
+queries, maximum probability 66 %, the explicit class 62 %, two thresholds 70 %, energy 59 %,
+the nearest neighbours no more than those they were added to.
 
 Single messages take a fast path that rebuilds the TF-IDF vector in plain Python from the
-fitted vocabularies and multiplies only the active columns of the weight matrix: the
-vectorisers' own per-call overhead is most of a millisecond, the arithmetic a few microseconds.
+fitted vocabularies and multiplies only the active rows of each weight matrix: the
+vectorisers' own per-call overhead is most of a millisecond, the arithmetic a few tens of
+microseconds. Blocks shared by several members are fitted and computed once.
 """
 
 from __future__ import annotations
@@ -27,6 +49,7 @@ from scipy.sparse import csr_matrix, hstack
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.model_selection import train_test_split
 from sklearn.svm import LinearSVC
+from threadpoolctl import threadpool_limits
 
 _TOKEN = r"(?u)\b\w+\b"  # keep one-letter words: "i", "y", "n" carry meaning here
 
@@ -43,15 +66,27 @@ class BlockSpec:
 @dataclass(frozen=True)
 class MemberSpec:
     blocks: tuple[BlockSpec, ...]
+    model: str = "svm"  # "svm" (LinearSVC) or "mlp" (:class:`SparseMLP`)
     C: float = 1.0
+    hidden: int = 512
+    epochs: int = 8  # on our data, as many steps again changed nothing in 5-fold CV
+    seed: int = 0
 
+
+_WORDS = BlockSpec("word", (1, 3))
+_CHARS = BlockSpec("char_wb", (1, 5), strip_accents="unicode")
+_WORDS_SEEN_TWICE = BlockSpec("word", (1, 3), min_df=2)
+_CHARS_SEEN_TWICE = BlockSpec("char_wb", (1, 5), min_df=2, strip_accents="unicode")
+
+# The in-scope accuracy (share of in-scope validation queries) the out-of-scope rule may cost:
+# half the distance between CLINC150's validation accuracy without it (93.6 %) and the 93 %
+# target, fixed before any test figure was computed.
+DEFAULT_IN_SCOPE_LOSS = 0.003
 
 DEFAULT_MEMBERS: tuple[MemberSpec, ...] = (
-    MemberSpec((BlockSpec("word", (1, 2)),
-                BlockSpec("char_wb", (2, 5), min_df=2, strip_accents="unicode"))),
-    MemberSpec((BlockSpec("char", (3, 6), min_df=2, strip_accents="unicode"),)),
-    MemberSpec((BlockSpec("word", (1, 3)),
-                BlockSpec("char_wb", (1, 5), strip_accents="unicode"))),
+    MemberSpec((_WORDS, _CHARS), model="svm", C=1.0),
+    MemberSpec((_WORDS_SEEN_TWICE, _CHARS_SEEN_TWICE), model="mlp", seed=0),
+    MemberSpec((_WORDS_SEEN_TWICE, _CHARS_SEEN_TWICE), model="mlp", seed=1),
 )
 
 
@@ -80,6 +115,141 @@ def fit_temperature(scores: np.ndarray, targets: np.ndarray) -> float:
     return float(math.exp(result.x))
 
 
+_TINY = 1e-12
+
+
+@dataclass(frozen=True)
+class OutOfScopeRule:
+    """When a message is out of scope: the explicit out-of-scope class wins, or the best
+    in-scope intent's log-odds against that class are below ``min_log_odds``. Without an
+    out-of-scope class nothing is rejected here (the engine's confidence threshold remains)."""
+
+    oos_index: int | None = None
+    min_log_odds: float = -math.inf
+
+    def log_odds(self, probabilities: np.ndarray) -> np.ndarray:
+        """``log(max in-scope p) - log(p_out_of_scope)`` per row (the in-scope score)."""
+        p = np.atleast_2d(probabilities)
+        if self.oos_index is None:
+            return np.full(len(p), math.inf)
+        oos = p[:, self.oos_index]
+        in_scope = np.delete(p, self.oos_index, axis=1).max(axis=1)
+        return np.log(in_scope + _TINY) - np.log(oos + _TINY)
+
+    def out_of_scope(self, probabilities: np.ndarray) -> np.ndarray:
+        """Per row: is the message out of scope (the class won, or too close to it)?"""
+        p = np.atleast_2d(probabilities)
+        if self.oos_index is None:
+            return np.zeros(len(p), dtype=bool)
+        return (p.argmax(axis=1) == self.oos_index) | (self.log_odds(p) < self.min_log_odds)
+
+    def rejects_one(self, probabilities: np.ndarray) -> bool:
+        """For one message: out of scope although an in-scope intent has the highest
+        probability (the engine's ``nlu_fallback``)."""
+        if self.oos_index is None or probabilities.argmax() == self.oos_index:
+            return False
+        return bool(self.log_odds(probabilities)[0] < self.min_log_odds)
+
+    @classmethod
+    def fit(cls, probabilities: np.ndarray, targets: np.ndarray, oos_index: int,
+            max_in_scope_loss: float) -> OutOfScopeRule:
+        """The highest threshold that rejects at most ``max_in_scope_loss`` (a share of the
+        in-scope rows) of the in-scope rows the argmax gets right, on validation data."""
+        in_scope = targets != oos_index
+        correct = in_scope & (probabilities.argmax(axis=1) == targets)
+        return cls(oos_index, budget_threshold(cls(oos_index).log_odds(probabilities[correct]),
+                                               int(in_scope.sum()), max_in_scope_loss))
+
+
+def budget_threshold(correct_scores: np.ndarray, in_scope_rows: int, max_loss: float) -> float:
+    """The highest threshold t such that rejecting every score below t rejects at most
+    ``max_loss * in_scope_rows`` of ``correct_scores`` (the in-scope rows classified right);
+    ``-inf`` when there are none."""
+    scores = np.sort(np.asarray(correct_scores, dtype=float))
+    if not len(scores):
+        return -math.inf
+    allowed = math.floor(max_loss * in_scope_rows + 1e-9)
+    # Rejecting below scores[allowed] rejects at most `allowed` of them (fewer on ties).
+    return float(scores[min(allowed, len(scores) - 1)])
+
+
+class SparseMLP:
+    """A one-hidden-layer ReLU network for sparse TF-IDF input, trained with Adam on the
+    cross-entropy, with dropout on the hidden layer.
+
+    The input layer has a row per n-gram (tens of thousands) and a mini-batch touches only a
+    few thousand of them, so its Adam moments are updated lazily, on the touched rows only (as
+    TensorFlow's LazyAdam does): a dense update would cost more than everything else together.
+    """
+
+    def __init__(self, *, hidden: int = 512, epochs: int = 8, batch_size: int = 64,
+                 learning_rate: float = 1e-3, dropout: float = 0.5, seed: int = 0) -> None:
+        self.hidden, self.epochs = hidden, epochs
+        self.batch_size, self.learning_rate, self.dropout = batch_size, learning_rate, dropout
+        self.seed = seed
+        self.w1 = self.b1 = self.w2 = self.b2 = np.empty(0, np.float32)
+
+    def fit(self, x: csr_matrix, y: np.ndarray, n_classes: int) -> SparseMLP:
+        # Its products are small: BLAS threads would spend more time waiting than working.
+        with threadpool_limits(limits=1, user_api="blas"):
+            return self._fit(x, y, n_classes)
+
+    def _fit(self, x: csr_matrix, y: np.ndarray, n_classes: int) -> SparseMLP:
+        rng = np.random.default_rng(self.seed)
+        x = csr_matrix(x, dtype=np.float32)
+        n, d = x.shape
+        w1 = (rng.standard_normal((d, self.hidden)) * 0.008).astype(np.float32)
+        b1 = np.zeros(self.hidden, np.float32)
+        w2 = (rng.standard_normal((self.hidden, n_classes)) / math.sqrt(self.hidden)).astype(
+            np.float32)
+        b2 = np.zeros(n_classes, np.float32)
+        m1, v1 = np.zeros_like(w1), np.zeros_like(w1)
+        dense = [b1, w2, b2]
+        moments = [(np.zeros_like(p), np.zeros_like(p)) for p in dense]
+        beta1, beta2, eps, rate = 0.9, 0.999, 1e-8, self.learning_rate
+        one_hot = np.eye(n_classes, dtype=np.float32)
+        step = 0
+        for _ in range(self.epochs):
+            order = rng.permutation(n)
+            for start in range(0, n, self.batch_size):
+                rows = order[start:start + self.batch_size]
+                xb = x[rows]
+                # Work on the touched input rows only: re-index the batch's columns.
+                touched = np.unique(xb.indices)
+                xs = csr_matrix((xb.data, np.searchsorted(touched, xb.indices), xb.indptr),
+                                shape=(len(rows), len(touched)))
+                w1s = w1[touched]
+                z = xs @ w1s + b1
+                keep = (rng.random(z.shape) >= self.dropout).astype(np.float32) / (
+                    1.0 - self.dropout)
+                h = np.maximum(z, 0.0) * keep
+                out = h @ w2 + b2
+                out -= out.max(axis=1, keepdims=True)
+                p = np.exp(out)
+                p /= p.sum(axis=1, keepdims=True)
+                d_out = (p - one_hot[y[rows]]) / len(rows)
+                d_h = (d_out @ w2.T) * keep * (z > 0)
+                grads = [d_h.sum(axis=0), h.T @ d_out, d_out.sum(axis=0)]
+                g1 = xs.T @ d_h
+                step += 1
+                c1, c2 = 1.0 - beta1**step, 1.0 - beta2**step
+                for param, grad, (m, v) in zip(dense, grads, moments, strict=True):
+                    m *= beta1
+                    m += (1.0 - beta1) * grad
+                    v *= beta2
+                    v += (1.0 - beta2) * grad * grad
+                    param -= rate * (m / c1) / (np.sqrt(v / c2) + eps)
+                m_rows = m1[touched] * beta1 + (1.0 - beta1) * g1
+                v_rows = v1[touched] * beta2 + (1.0 - beta2) * g1 * g1
+                m1[touched], v1[touched] = m_rows, v_rows
+                w1[touched] = w1s - rate * (m_rows / c1) / (np.sqrt(v_rows / c2) + eps)
+        self.w1, self.b1, self.w2, self.b2 = w1, b1, w2, b2
+        return self
+
+    def decision_function(self, x: csr_matrix) -> np.ndarray:
+        return np.maximum(x @ self.w1 + self.b1, 0.0) @ self.w2 + self.b2
+
+
 class _Block:
     """One fitted vectoriser, with what the single-text path needs of it."""
 
@@ -97,6 +267,10 @@ class _Block:
 
     def transform(self, texts: Sequence[str]) -> csr_matrix:
         return self.vectorizer.transform(texts) * self.spec.weight
+
+    @property
+    def width(self) -> int:
+        return len(self.vocabulary)
 
     def _prepare(self) -> None:
         self.vocabulary = dict(self.vectorizer.vocabulary_)
@@ -128,32 +302,49 @@ class _Block:
 class _Member:
     def __init__(self, spec: MemberSpec, seed: int) -> None:
         self.spec = spec
-        self.blocks = [_Block(b) for b in spec.blocks]
-        self.model = LinearSVC(C=spec.C, random_state=seed)
+        self.seed = seed + spec.seed
         self.temperature = 1.0
         self.offsets: list[int] = []
-        self.coef_t: np.ndarray = np.empty(0)
-        self.intercept: np.ndarray = np.empty(0)
+        # Input weights feature-major, so one message's active features are a row gather.
+        self.rows: np.ndarray = np.empty(0)
+        self.bias: np.ndarray = np.empty(0)
+        self.out_weights: np.ndarray | None = None  # the network's hidden -> class weights
+        self.out_bias: np.ndarray | None = None
 
-    def fit(self, texts: Sequence[str], y: np.ndarray) -> None:
-        matrices = [b.fit_transform(texts) for b in self.blocks]
-        self.offsets = list(np.cumsum([0] + [m.shape[1] for m in matrices[:-1]]))
-        self.model.fit(hstack(matrices).tocsr(), y)
-        # Feature-major, so one message's active columns are a contiguous gather.
-        self.coef_t = np.ascontiguousarray(self.model.coef_.T, dtype=np.float32)
-        self.intercept = self.model.intercept_.astype(np.float32)
+    def fit(self, blocks: Sequence[_Block], matrices: Sequence[csr_matrix], y: np.ndarray,
+            n_classes: int) -> None:
+        self.offsets = list(np.cumsum([0] + [b.width for b in blocks[:-1]]))
+        x = hstack(matrices).tocsr()
+        if self.spec.model == "mlp":
+            net = SparseMLP(hidden=self.spec.hidden, epochs=self.spec.epochs,
+                            seed=self.seed).fit(x, y, n_classes)
+            self.rows, self.bias = net.w1, net.b1
+            self.out_weights, self.out_bias = net.w2, net.b2
+        else:
+            model = LinearSVC(C=self.spec.C, random_state=self.seed).fit(x, y)
+            coef, intercept = model.coef_, model.intercept_
+            if coef.shape[0] == 1:  # two classes: one hyperplane, scores -s and +s
+                coef, intercept = np.vstack([-coef, coef]), np.array([-intercept[0],
+                                                                      intercept[0]])
+            self.rows = np.ascontiguousarray(coef.T, dtype=np.float32)
+            self.bias = intercept.astype(np.float32)
+            self.out_weights = self.out_bias = None
 
-    def scores(self, texts: Sequence[str]) -> np.ndarray:
-        matrix = hstack([b.transform(texts) for b in self.blocks]).tocsr()
-        return np.asarray(self.model.decision_function(matrix), dtype=np.float64)
+    def _finish(self, first: np.ndarray) -> np.ndarray:
+        if self.out_weights is None or self.out_bias is None:
+            return first
+        return np.maximum(first, 0.0) @ self.out_weights + self.out_bias
 
-    def scores_one(self, text: str) -> np.ndarray:
-        total = self.intercept.copy()
-        for block, offset in zip(self.blocks, self.offsets, strict=True):
-            columns, values = block.one(text)
+    def scores(self, matrices: Sequence[csr_matrix]) -> np.ndarray:
+        first = np.asarray(hstack(matrices).tocsr() @ self.rows) + self.bias
+        return self._finish(first).astype(np.float64)
+
+    def scores_one(self, rows: Sequence[tuple[list[int], np.ndarray]]) -> np.ndarray:
+        total = self.bias.copy()
+        for (columns, values), offset in zip(rows, self.offsets, strict=True):
             if columns:
-                total += values @ self.coef_t[np.asarray(columns) + offset]
-        return total.astype(np.float64)
+                total += values @ self.rows[np.asarray(columns) + offset]
+        return self._finish(total).astype(np.float64)
 
 
 class IntentClassifier:
@@ -163,12 +354,16 @@ class IntentClassifier:
         self.member_specs = tuple(members)
         self.seed = seed
         self.classes_: list[str] = []
+        self._blocks: dict[BlockSpec, _Block] = {}
         self._members: list[_Member] = []
+        self.oos_rule = OutOfScopeRule()
 
     def fit(self, texts: Sequence[str], labels: Sequence[str], *,
             val_texts: Sequence[str] | None = None, val_labels: Sequence[str] | None = None,
-            val_fraction: float = 0.2, refit: bool = True) -> IntentClassifier:
-        """Fit; temperatures come from ``val_*`` or, without them, from a stratified split of
+            val_fraction: float = 0.2, refit: bool = True, out_of_scope: str | None = None,
+            max_in_scope_loss: float = DEFAULT_IN_SCOPE_LOSS) -> IntentClassifier:
+        """Fit; temperatures, and the :class:`OutOfScopeRule` when ``out_of_scope`` names a
+        class of ``labels``, come from ``val_*`` or, without them, from a stratified split of
         the training data (then, with ``refit``, the members are fitted again on all of it)."""
         self.classes_ = sorted(set(labels))
         index = {c: i for i, c in enumerate(self.classes_)}
@@ -182,22 +377,45 @@ class IntentClassifier:
             fit_x, fit_y = list(texts), y
             val_x, val_y = [t for t, _ in known], np.array([i for _, i in known])
             refit = False
-        self._members = [_Member(spec, self.seed) for spec in self.member_specs]
+        self._fit_members(fit_x, fit_y)
+        val_matrices = self._transform(val_x)
+        val_p = np.zeros((len(val_y), len(self.classes_)))
         for member in self._members:
-            member.fit(fit_x, fit_y)
-            member.temperature = fit_temperature(member.scores(val_x), val_y)
+            scores = member.scores([val_matrices[b] for b in member.spec.blocks])
+            member.temperature = fit_temperature(scores, val_y)
+            val_p += softmax(scores, member.temperature) / len(self._members)
+        self.oos_rule = OutOfScopeRule()
+        if out_of_scope is not None and out_of_scope in index:
+            self.oos_rule = OutOfScopeRule.fit(val_p, val_y, index[out_of_scope],
+                                               max_in_scope_loss)
         if refit:
-            for member in self._members:
-                member.fit(list(texts), y)
+            temperatures = self.temperatures
+            self._fit_members(list(texts), y)
+            for member, temperature in zip(self._members, temperatures, strict=True):
+                member.temperature = temperature
         return self
 
+    def _fit_members(self, texts: list[str], y: np.ndarray) -> None:
+        specs = list(dict.fromkeys(b for m in self.member_specs for b in m.blocks))
+        self._blocks = {spec: _Block(spec) for spec in specs}
+        matrices = {spec: block.fit_transform(texts) for spec, block in self._blocks.items()}
+        self._members = [_Member(spec, self.seed) for spec in self.member_specs]
+        for member in self._members:
+            member.fit([self._blocks[b] for b in member.spec.blocks],
+                       [matrices[b] for b in member.spec.blocks], y, len(self.classes_))
+
+    def _transform(self, texts: Sequence[str]) -> dict[BlockSpec, csr_matrix]:
+        return {spec: block.transform(texts) for spec, block in self._blocks.items()}
+
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        return sum(softmax(m.scores(texts), m.temperature) for m in self._members) / len(
-            self._members)
+        matrices = self._transform(texts)
+        return sum(softmax(m.scores([matrices[b] for b in m.spec.blocks]), m.temperature)
+                   for m in self._members) / len(self._members)
 
     def predict_proba_one(self, text: str) -> np.ndarray:
-        return sum(softmax(m.scores_one(text), m.temperature) for m in self._members) / len(
-            self._members)
+        rows = {spec: block.one(text) for spec, block in self._blocks.items()}
+        return sum(softmax(m.scores_one([rows[b] for b in m.spec.blocks]), m.temperature)
+                   for m in self._members) / len(self._members)
 
     @property
     def temperatures(self) -> list[float]:

@@ -26,8 +26,9 @@ from assistant.nlu.entities import EntityExtractor, LookupProvider
 from assistant.nlu.language import LanguageDetector
 
 # Bump when featurisation, models or the pickled layout change: it is part of the cache key.
-ENGINE_VERSION = "2"
+ENGINE_VERSION = "4"
 FALLBACK_INTENT = "nlu_fallback"
+OUT_OF_SCOPE_INTENT = "out_of_scope"
 # Rasa's FallbackClassifier default; our probabilities are calibrated, so it means what it says.
 DEFAULT_THRESHOLD = 0.3
 RANKING_LENGTH = 10
@@ -52,7 +53,11 @@ class NluEngine:
             order = probabilities.argsort()[::-1][:RANKING_LENGTH]
             ranking = [{"name": self.classifier.classes_[i],
                         "confidence": round(float(probabilities[i]), 6)} for i in order]
-        if ranking and ranking[0]["confidence"] >= self.threshold:
+        # Out of scope as on CLINC150 (see OutOfScopeRule): the out_of_scope intent when it
+        # wins, the fallback when the best intent is too close to it (or below the threshold).
+        if ranking and ranking[0]["confidence"] >= self.threshold and not (
+                probabilities is not None
+                and self.classifier.oos_rule.rejects_one(probabilities)):
             intent = dict(ranking[0])
         else:
             # As Rasa's FallbackClassifier: the fallback leads, the real candidates follow.
@@ -77,14 +82,16 @@ class NluEngine:
 def train(training: nlu_data.TrainingData, *, threshold: float = DEFAULT_THRESHOLD,
           seed: int = 0) -> NluEngine:
     started = time.perf_counter()
-    classifier = IntentClassifier(seed=seed).fit(training.texts(), training.labels())
+    classifier = IntentClassifier(seed=seed).fit(training.texts(), training.labels(),
+                                                 out_of_scope=OUT_OF_SCOPE_INTENT)
     detector = LanguageDetector().fit(training.texts(), [e.language for e in training.examples])
     extractor = EntityExtractor(training.regexes, training.lookups, training.synonyms)
     return NluEngine(classifier, detector, extractor, threshold=threshold,
                      fingerprint=training.fingerprint(),
                      trained_seconds=time.perf_counter() - started,
                      info={"examples": len(training.examples), "intents": training.intents,
-                           "temperatures": classifier.temperatures})
+                           "temperatures": classifier.temperatures,
+                           "min_log_odds_vs_out_of_scope": classifier.oos_rule.min_log_odds})
 
 
 def cache_key(training: nlu_data.TrainingData, threshold: float) -> str:

@@ -18,7 +18,10 @@ per request would make the load generator the bottleneck on a 2-core machine.
 
 The baseline is ``GET /healthz`` (one ``SELECT 1``) under exactly the same schedule in the
 same run against the same server: the floor of the HTTP stack, database pool and this
-client on this machine.
+client on this machine. Beside the wall-clock figures each phase reports the CPU time per
+request of the server (when the bench started it) and of this client, and the bench the
+load average before and after: on a machine shared with other work the latencies mostly
+measure that work, while CPU per turn is what the server itself spends.
 
 Without ``--url`` the bench starts its own server (``chargedesk serve``) on a fresh SQLite
 file, or on ``--database-url`` (PostgreSQL: give an empty database or schema), migrated and
@@ -31,7 +34,6 @@ import asyncio
 import contextlib
 import json
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -42,7 +44,7 @@ from typing import Any
 import httpx
 
 from chargedesk.bench import stats
-from chargedesk.bench.ocpp import _end_process, _free_port, _tail
+from chargedesk.bench.serving import DemoServer
 
 P99_TARGET_MS = 50.0
 TURNS_PER_S_TARGET = 500.0
@@ -118,11 +120,11 @@ async def _run(conversations: int, turns: int, rate: float, url: str | None,
         "conversations": conversations, "turns": turns, "rate": rate, "cpus": os.cpu_count(),
         "targets": {"p99_ms": P99_TARGET_MS, "turns_per_s": TURNS_PER_S_TARGET},
     }
-    server: OwnServer | None = None
+    server: DemoServer | None = None
     with tempfile.TemporaryDirectory(prefix="chargedesk-bench-chat-") as tmp:
         try:
             if url is None:
-                server = OwnServer(Path(tmp), database_url)
+                server = DemoServer(Path(tmp), database_url)
                 say(f"starting a server on {server.database_label}")
                 url = await server.start(say)
                 figures["database"] = server.database_label
@@ -136,20 +138,49 @@ async def _run(conversations: int, turns: int, rate: float, url: str | None,
                 say(f"opening {conversations} chat sessions")
                 sessions = await _open_sessions(client, conversations)
                 await _warm_up(client, sessions[0])
+            figures["load_average"] = [_load_average()]
             say(f"chat: {conversations} conversations x {turns} turns at {rate:g} turns/s")
-            figures["chat"] = await _load(url, sessions, turns, rate, _chat_turn)
+            figures["chat"] = await _measured(server, _load(url, sessions, turns, rate,
+                                                            _chat_turn))
             say("baseline: GET /healthz on the same schedule")
-            figures["healthz"] = await _load(url, sessions, turns, rate, _healthz)
+            figures["healthz"] = await _measured(server, _load(url, sessions, turns, rate,
+                                                               _healthz))
+            figures["load_average"].append(_load_average())
         finally:
             if server is not None:
                 await server.stop()
     chat, base = figures["chat"], figures["healthz"]
     figures["ratio"] = {
         key: round(chat[key] / base[key], 2) if chat[key] and base[key] else None
-        for key in ("p50_ms", "p99_ms", "per_s")
+        for key in ("p50_ms", "p99_ms", "per_s", "server_cpu_ms")
     }
     figures["failures"] = _failures(figures)
     return figures
+
+
+async def _measured(server: DemoServer | None, load: Awaitable[dict[str, Any]]
+                    ) -> dict[str, Any]:
+    """A load's figures with the CPU time each completed request cost the server (when this
+    bench started it) and this client: on a machine shared with other work, what a turn
+    costs says more than how fast it came back."""
+    server_before = server.cpu_seconds() if server is not None else None
+    client_before = time.process_time()
+    figures = await load
+    client = time.process_time() - client_before
+    server_after = server.cpu_seconds() if server is not None else None
+    done = figures["completed"] or 1
+    figures["server_cpu_ms"] = (
+        round((server_after - server_before) * 1000 / done, 3)
+        if server_before is not None and server_after is not None else None)
+    figures["client_cpu_ms"] = round(client * 1000 / done, 3)
+    return figures
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def _failures(figures: dict[str, Any]) -> list[str]:
@@ -318,91 +349,28 @@ async def _load(url: str, sessions: list[ChatSession], turns: int, rate: float,
 # ---------------------------------------------------------------- own server
 
 
-class OwnServer:
-    """`chargedesk serve` on a migrated database seeded with the demo network."""
-
-    def __init__(self, directory: Path, database_url: str | None) -> None:
-        self.directory = directory
-        self.url = database_url or f"sqlite:///{directory / 'bench.db'}"
-        self.proc: asyncio.subprocess.Process | None = None
-        self.log = directory / "server.log"
-
-    @property
-    def database_label(self) -> str:
-        return self.url.split("://", 1)[0].split("+", 1)[0]
-
-    async def start(self, say: Progress) -> str:
-        say("migrating and seeding the demo network")
-        await asyncio.to_thread(_prepare_database, self.url, self.directory)
-        port = _free_port()
-        env = {
-            **os.environ,
-            "CHARGEDESK_DATABASE_URL": self.url,
-            "CHARGEDESK_DATA_DIR": str(self.directory),
-            "CHARGEDESK_LOG_LEVEL": "WARNING",
-            "CHARGEDESK_SCHEDULER": "false",
-            "CHARGEDESK_NLU_WARM_UP": "true",
-        }
-        with self.log.open("ab") as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", "from chargedesk.cli import app; app()",
-                "serve", "--host", "127.0.0.1", "--port", str(port),
-                stdout=out, stderr=out, env=env, cwd=self.directory,
-            )
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        async with httpx.AsyncClient(base_url=base) as client:
-            while True:
-                if self.proc.returncode is not None:
-                    raise RuntimeError(f"chargedesk serve exited:\n{_tail(self.log)}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get("/healthz", timeout=2)).status_code == 200:
-                        return base
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"chargedesk serve did not come up:\n{_tail(self.log)}")
-                await asyncio.sleep(0.2)
-
-    async def stop(self) -> None:
-        if self.proc is not None:
-            await _end_process(self.proc, 15)
-
-
-def _prepare_database(url: str, directory: Path) -> None:
-    from chargedesk import demo
-    from chargedesk.db import dispose, make_engine, upgrade
-    from chargedesk.settings import Settings
-
-    # The NLU model is cached per data directory: reuse the user's, or train it once.
-    models = Path(os.environ.get("CHARGEDESK_DATA_DIR", "var")).resolve() / "models"
-    if models.is_dir():
-        with contextlib.suppress(OSError):
-            (directory / "models").symlink_to(models, target_is_directory=True)
-    upgrade(url)
-    engine = make_engine(url)
-    try:
-        settings = Settings(database_url=url, data_dir=directory, scheduler=False)
-        demo.prepare(engine, demo.load_demo(), settings=settings)
-    finally:
-        dispose(engine)
-
-
 # ---------------------------------------------------------------- report
 
 
 def summary(figures: dict[str, Any]) -> str:
     chat, base = figures["chat"], figures["healthz"]
+    loads = " -> ".join(_num(v) for v in figures.get("load_average") or [])
     lines = [
         f"bench chat: {figures['conversations']} conversations x {figures['turns']} turns, "
         f"offered {figures['rate']:g} turns/s, {figures['database']}, "
-        f"{figures['cpus']} CPUs",
-        f"{'':10} {'per s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7}",
+        f"{figures['cpus']} CPUs, load average {loads or '-'}",
+        f"{'':10} {'per s':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'errors':>7} "
+        f"{'server CPU ms':>14} {'client CPU ms':>14}",
     ]
     for name, row in (("chat", chat), ("/healthz", base)):
         errors = sum(row["errors"].values()) + row["empty_answers"]
         lines.append(f"{name:10} {_num(row['per_s']):>8} {_num(row['p50_ms']):>8} "
-                     f"{_num(row['p99_ms']):>8} {_num(row['max_ms']):>8} {errors:>7}")
+                     f"{_num(row['p99_ms']):>8} {_num(row['max_ms']):>8} {errors:>7} "
+                     f"{_num(row.get('server_cpu_ms')):>14} "
+                     f"{_num(row.get('client_cpu_ms')):>14}")
     ratio = figures["ratio"]
-    lines.append(f"chat / healthz: p50 x{ratio['p50_ms']}, p99 x{ratio['p99_ms']}")
+    lines.append(f"chat / healthz: p50 x{ratio['p50_ms']}, p99 x{ratio['p99_ms']}, "
+                 f"server CPU per request x{ratio.get('server_cpu_ms')}")
     lines.append("targets met" if not figures["failures"]
                  else "missed: " + "; ".join(figures["failures"]))
     return "\n".join(lines)

@@ -4,12 +4,18 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 from sqlmodel import SQLModel
 
+import assistant.actions.models
+import assistant.channels.email_models
+import assistant.channels.models
+import assistant.contact_models
 import assistant.identity_models
-import assistant.models  # noqa: F401
+import assistant.models
+import assistant.notifications.models  # noqa: F401
 import billing_api.models  # noqa: F401  (registers tables)
 import chargedesk.models  # noqa: F401
 import load_manager.models  # noqa: F401
 import station_api.models  # noqa: F401
+import support.models  # noqa: F401
 
 config = context.config
 target_metadata = SQLModel.metadata

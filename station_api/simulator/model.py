@@ -69,12 +69,16 @@ class Counters:
 
 @dataclass
 class Battery:
-    """An EV battery: full power up to `taper_from`, then linearly down to 0 at full."""
+    """An EV battery: full power up to `taper_from`, then linearly down to 0 at full.
+
+    `phases` is what the car's on-board charger uses (1 or 3): a pilot in amperes limits the
+    current on each of them, and meter values show current only on those phases."""
 
     capacity_kwh: float = 60.0
     soc: float = 0.3
     max_power_w: float = 11_000.0
     taper_from: float = 0.8
+    phases: int = 3
 
     def acceptance_w(self) -> float:
         """The power the car draws when the station offers unlimited power."""

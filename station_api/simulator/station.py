@@ -376,16 +376,21 @@ class SimulatedStation:
 
     def _limit_w(self, c: Connector) -> float:
         session = c.session
-        hardware = self.max_current * VOLTAGE * profiles.DEFAULT_PHASES
+        phases = _car_phases(c)
+        hardware = self.max_current * VOLTAGE * phases
+        # A single-phase car: the limit in amperes holds on its one phase (a pilot signal).
+        unit = "W" if phases == profiles.DEFAULT_PHASES else "A"
         limit = profiles.limit_at(
             self.profiles,
             c.connector_id,
             now(),
-            unit="W",
+            unit=unit,
             transaction_id=None if session is None else session.transaction_id,
             transaction_start=None if session is None else session.started,
         )
-        return hardware if limit is None else min(hardware, limit.value)
+        if limit is None:
+            return hardware
+        return min(hardware, limit.value if unit == "W" else limit.value * VOLTAGE * phases)
 
     def _advance(self, c: Connector) -> None:
         """Integrate energy since the last update, then set the power the car now draws."""
@@ -413,7 +418,7 @@ class SimulatedStation:
                 self._advance(c)
 
     def _meter_value(self, c: Connector, context: str) -> dict[str, Any]:
-        phases = profiles.DEFAULT_PHASES
+        phases = _car_phases(c)
         current = c.power_w / (VOLTAGE * phases)
         soc = 0.0 if c.battery is None else c.battery.soc * 100
 
@@ -688,3 +693,6 @@ def stamp() -> str:
     return format_time(now())
 
 
+def _car_phases(c: Connector) -> int:
+    """The phases the car on ``c`` draws on (three without a car)."""
+    return profiles.DEFAULT_PHASES if c.battery is None else c.battery.phases

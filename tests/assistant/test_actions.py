@@ -131,7 +131,7 @@ async def test_the_fourth_remote_command_is_refused(server, engine, sim, drivers
 async def test_a_lost_card_is_blocked_everywhere_at_once(server, engine, sim, drivers) -> None:
     result = await run(server, "action_lost_card", drivers["anna"])
     assert said(result) == ["utter_card_now_blocked"]
-    assert result["responses"][0]["stations"] == 1
+    assert result["responses"][0]["stations"] == 1 and result["responses"][0]["later"] == 0
     with session_scope(engine) as session:
         assert service.authorize(session, station_id="SIM-1",
                                  id_tag="RFID-ANNA").status == IdTagStatus.blocked
@@ -141,6 +141,47 @@ async def test_a_lost_card_is_blocked_everywhere_at_once(server, engine, sim, dr
     assert sim.auth_cache["RFID-ANNA"]["status"] == "Blocked"
     [push] = commands(engine, "SendLocalList")
     assert push.outcome == "accepted" and push.payload["updateType"] == "Differential"
+
+
+async def test_a_block_reaches_stations_offline_at_the_time_when_they_connect(
+        server, engine, sim, drivers) -> None:
+    from assistant.actions.models import LocalListPush
+
+    register(engine, "SIM-2")
+    register(engine, "SIM-3")
+    result = await run(server, "action_lost_card", drivers["anna"])
+    assert result["responses"][0]["stations"] == 1 and result["responses"][0]["tried"] == 1
+    assert result["responses"][0]["later"] == 2  # SIM-2 and SIM-3 are offline
+
+    # SIM-2 keeps a local list; SIM-3 has none, so its authorization cache is cleared.
+    with_list = SimulatedStation("SIM-2", server.ws_url, password=PASSWORD, connectors=1, seed=4)
+    without = SimulatedStation("SIM-3", server.ws_url, password=PASSWORD, connectors=1, seed=5)
+    without.config["LocalAuthListEnabled"].value = "false"
+    without.auth_cache["RFID-ANNA"] = {"status": "Accepted"}
+    for station in (with_list, without):
+        await station.start()
+    try:
+        await eventually(lambda: with_list.local_list.get("RFID-ANNA", {}).get("status")
+                         == "Blocked")
+        await eventually(lambda: without.auth_cache == {})
+        await eventually(lambda: len(commands(engine, "ClearCache")) == 1)
+
+        def delivered() -> set[str]:
+            with session_scope(engine) as session:
+                return {p.station_id for p in session.exec(select(LocalListPush)).all()
+                        if p.delivered_at is not None}
+
+        await eventually(lambda: delivered() == {"SIM-1", "SIM-2", "SIM-3"})
+        [push] = [c for c in commands(engine, "SendLocalList") if c.station_id == "SIM-2"]
+        assert push.requested_by == f"driver:{drivers['anna']['driver_id']}"
+        assert push.payload["localAuthorizationList"] == [
+            {"idTag": "RFID-ANNA", "idTagInfo": {"status": "Blocked"}}]
+        # SIM-3 said its list is not supported, then took the ClearCache.
+        assert [c.response for c in commands(engine, "SendLocalList")
+                if c.station_id == "SIM-3"] == [{"status": "NotSupported"}]
+    finally:
+        for station in (with_list, without):
+            await station.stop()
 
 
 async def test_a_running_session_is_stopped_for_its_driver_only(server, engine, sim,
@@ -274,11 +315,47 @@ async def test_find_charger_matches_a_place_without_diacritics(server, engine) -
     assert first.startswith("Göteborg hamnen, Packhusplatsen 2")
 
 
-async def test_a_reported_problem_goes_to_a_person_as_damage(server, engine, drivers) -> None:
+async def test_a_reported_problem_flags_the_station_and_goes_to_a_person(server, engine,
+                                                                        drivers) -> None:
+    from assistant.actions.models import StationFlag
+
     configure(server.runtime)
-    result = await run(server, "action_report_station_problem", {"station_id": "SIM-1"})
+    result = await run(server, "action_report_station_problem", {"station_id": "SIM-1"},
+                       text="the screen on SIM-1 is smashed")
     assert said(result) == ["utter_problem_reported"]
     assert paused_for(result) == "damage"
+    again = await run(server, "action_report_station_problem",
+                      {**drivers["anna"], "station_id": "sim-1", "connector": 2.0},
+                      text="SIM-1 is broken")
+    assert paused_for(again) == "damage"
+    unknown = await run(server, "action_report_station_problem", {"station_id": "SIM-9"})
+    assert said(unknown) == ["utter_unknown_station"] and paused_for(unknown) is None
+    with session_scope(engine) as session:
+        [flag] = session.exec(select(StationFlag)).all()
+    # One open flag per station: the second report counts, the first words stay.
+    assert (flag.station_id, flag.status, flag.reports) == ("SIM-1", "open", 2)
+    assert (flag.description, flag.reported_by) == ("the screen on SIM-1 is smashed",
+                                                    "anonymous")
+    assert flag.connector_id is None  # reports without and with a connector: the station
+
+
+async def test_operators_see_and_resolve_station_flags(server, engine, api) -> None:
+    configure(server.runtime)
+    register(engine, "SIM-2")
+    await run(server, "action_report_station_problem", {"station_id": "SIM-2"},
+              text="SIM-2 smells of smoke")
+    import httpx
+
+    async with httpx.AsyncClient(base_url=server.base_url) as anonymous:
+        assert (await anonymous.get("/api/v1/assistant/station-flags")).status_code == 401
+    [flag] = api.get("/api/v1/assistant/station-flags").json()
+    assert (flag["station_id"], flag["description"]) == ("SIM-2", "SIM-2 smells of smoke")
+    done = api.post(f"/api/v1/assistant/station-flags/{flag['id']}/resolve").json()
+    assert done["status"] == "resolved" and done["resolved_at"]
+    assert api.get("/api/v1/assistant/station-flags").json() == []
+    [resolved] = api.get("/api/v1/assistant/station-flags?status=resolved").json()
+    assert resolved["id"] == flag["id"]
+    assert api.post("/api/v1/assistant/station-flags/999/resolve").status_code == 404
 
 
 async def test_handoff_keeps_the_reason_an_earlier_step_gave(server) -> None:
@@ -344,3 +421,42 @@ async def test_a_disputed_charge_opens_a_dispute_for_an_agent(server, engine, dr
         assert (dispute.session_id, dispute.opened_by) == (row.id, f"driver:{anna.id}")
         assert dispute.reason == "I was charged but the car got nothing"
     assert result["responses"][0]["proposed"] == "5,16\xa0kr"
+
+
+def test_price_lines_say_when_each_price_applies() -> None:
+    from datetime import date
+
+    from assistant.actions import prices
+    from assistant.actions.billing import price_lines
+
+    def element(kind: str, price: str, now: bool = True, **conditions: Any) -> dict[str, Any]:
+        return {"applies_now": now, "conditions": conditions, "components": [
+            {"type": kind, "unit": {"ENERGY": "kWh", "FLAT": "session"}.get(kind, "hour"),
+             "price_incl_vat": price, "price_excl_vat": price}]}
+
+    night = element("ENERGY", "2.10", now=False, start_time="22:00", end_time="06:00")
+    sheet = {"at": "2026-12-01T14:00:00+01:00", "currency": "SEK", "elements": [
+        element("FLAT", "5.00"), night, element("ENERGY", "3.50"),
+        element("ENERGY", "9.99"),  # after an unrestricted one: never applies
+        element("PARKING_TIME", "60.00", min_duration=2700)]}
+    assert price_lines(sheet, "sv") == [
+        "Startavgift: 5,00\xa0kr/start", "Energi 22\u201306: 2,10\xa0kr/kWh",
+        "Energi 06\u201322: 3,50\xa0kr/kWh (gäller nu)",
+        "Parkering efter 45 min: 60,00\xa0kr/h"]
+    # Two windows before the rest of the day; weekdays; an expired element is left out.
+    day = date(2026, 12, 1)
+    elements = [
+        {"conditions": {"start_time": "06:00", "end_time": "09:00"},
+         "components": [{"type": "ENERGY"}]},
+        {"conditions": {"start_time": "16:00", "end_time": "19:00",
+                        "day_of_week": ["MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY",
+                                        "FRIDAY"]}, "components": [{"type": "ENERGY"}]},
+        {"conditions": {"end_date": "2026-11-01"}, "components": [{"type": "ENERGY"}]},
+        {"conditions": {}, "components": [{"type": "ENERGY"}]},
+    ]
+    assert prices.labels(elements, language="en", day=day) == {
+        (0, "ENERGY"): "06\u201309", (1, "ENERGY"): "Mon\u2013Fri 16\u201319",
+        (3, "ENERGY"): "other times"}
+    assert prices.complement([(6 * 60, 9 * 60), (16 * 60, 19 * 60)]) == [
+        (9 * 60, 16 * 60), (19 * 60, 6 * 60)]
+    assert prices.complement([(0, 0)]) == []

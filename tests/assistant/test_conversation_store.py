@@ -3,17 +3,18 @@ escalations, and the 0005 migration both ways on both databases."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, inspect, text
-from sqlmodel import Session
+from sqlalchemy import create_engine, delete, inspect, text
+from sqlmodel import Session, col
 
 from assistant.dialogue import store
-from assistant.models import Escalation
-from chargedesk.db import _alembic_config, normalise_url, upgrade
+from assistant.models import Conversation, Escalation
+from chargedesk.db import _alembic_config, normalise_url, session_scope, upgrade
 from chargedesk.settings import Settings
 from chargedesk.types import utcnow
 
@@ -82,6 +83,51 @@ def test_escalation_holds_the_transcript_and_resume_unpauses(session: Session) -
     assert row.driver_context == {}  # anonymous: nothing to add
     assert store.resume_conversation(session, channel="sms",
                                      sender="+46701234567").paused is False
+
+
+async def test_turns_saved_together_are_all_written_and_a_bad_one_fails_alone(
+        engine: Any) -> None:
+    with session_scope(engine) as session:
+        first = load(session, channel="web", sender="first")
+        second = load(session, channel="web", sender="second")
+        gone = load(session, channel="web", sender="gone")
+    with session_scope(engine) as session:
+        session.execute(delete(Conversation).where(col(Conversation.id) == gone.id))
+    for snapshot in (first, second, gone):
+        snapshot.record({"event": "user", "text": f"hej from {snapshot.sender}"})
+    writer = store.writer_for(engine)
+    results = await asyncio.gather(*(writer.save(s, HOUR) for s in (first, second, gone)),
+                                   return_exceptions=True)
+    assert results[:2] == [None, None] and isinstance(results[2], LookupError)
+    with Session(engine) as session:
+        for snapshot in (first, second):
+            said = [e.data["text"] for e in store.list_events(
+                session, conversation_id=snapshot.id, types=("user",))]
+            assert said == [f"hej from {snapshot.sender}"]
+            assert snapshot.new_events == [] and not snapshot.stale
+    assert gone.new_events  # not written: the turn failed and is not cached
+
+
+def test_a_save_over_a_row_changed_by_someone_else_keeps_their_pause(
+        session: Session) -> None:
+    snapshot = load(session, channel="sms", sender="+46701234567")
+    store.save_turn(session, snapshot=snapshot, expiry=HOUR)
+    session.commit()
+    row = store.get_conversation(session, channel="sms", sender="+46701234567")
+    assert row is not None
+    row.paused, row.updated_at = True, utcnow()  # an agent took over meanwhile
+    session.add(row)
+    session.commit()
+    snapshot.record({"event": "user", "text": "hello?"})
+    snapshot.slots["station_id"] = "SE-STO-CITY-01"
+    store.save_turn(session, snapshot=snapshot, expiry=HOUR)
+    session.commit()
+    session.expire_all()
+    row = store.get_conversation(session, channel="sms", sender="+46701234567")
+    assert row is not None and row.paused and row.slots["station_id"] == "SE-STO-CITY-01"
+    assert snapshot.stale and snapshot.paused
+    events = store.list_events(session, conversation_id=snapshot.id, types=("user",))
+    assert [e.data["text"] for e in events] == ["hello?"]
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])

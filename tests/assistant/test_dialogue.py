@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 from sqlmodel import Session, select
 
 from assistant import service
@@ -20,8 +21,10 @@ from assistant.dialogue import builtin_forms, engine, store
 from assistant.events import BotUttered
 from assistant.models import Conversation, Escalation
 from billing_api.models import Driver, DriverIdTag
+from chargedesk.db import session_scope
 from chargedesk.events import InMemoryEventBus
 from chargedesk.settings import Settings
+from chargedesk.types import utcnow
 from station_api.models import IdTag
 
 # ------------------------------------------------------------------ fakes
@@ -318,11 +321,30 @@ def test_and_the_one_before_that_moves_the_offset_back(
 
 
 def test_an_idle_conversation_starts_a_new_session_keeping_identity(
-        runtime: Any, driver: Driver, engine: Any) -> None:
+        runtime: Any, driver: Driver, monkeypatch: pytest.MonkeyPatch) -> None:
     chat = verified(runtime, driver)
     chat.say("The cable is stuck at SE-STO-CITY-01")
     assert chat.conversation().active_loop == "cable_stuck_form"
-    with Session(engine) as session:
+    later = utcnow() + timedelta(minutes=61)
+    monkeypatch.setattr(store, "utcnow", lambda: later)
+    chat.identity = None
+    chat.say("hello")
+    assert chat.utters() == ["utter_greet"]
+    row = chat.conversation()
+    assert (row.session_number, row.active_loop) == (2, None)
+    assert row.slots["station_id"] is None
+    assert (row.slots["driver_id"], row.slots["verified"]) == (driver.id, True)
+
+
+def test_after_a_restart_the_conversation_comes_back_from_the_database(
+        runtime: Any, driver: Driver, engine: Any) -> None:
+    chat = verified(runtime, driver)
+    chat.say("The cable is stuck at SE-STO-CITY-01")
+    store.cache_for(engine).clear()  # what a restart leaves in memory
+    chat.say("2")
+    assert chat.utters() == ["utter_confirm_action"]  # the form went on where it was
+    store.cache_for(engine).clear()
+    with Session(engine) as session:  # and idle since
         row = session.exec(select(Conversation)).one()
         row.expires_at = row.expires_at - timedelta(minutes=61)
         session.add(row)
@@ -332,5 +354,60 @@ def test_an_idle_conversation_starts_a_new_session_keeping_identity(
     assert chat.utters() == ["utter_greet"]
     row = chat.conversation()
     assert (row.session_number, row.active_loop) == (2, None)
-    assert row.slots["station_id"] is None
+    assert (row.slots["station_id"], row.slots["requested_action"]) == (None, None)
     assert (row.slots["driver_id"], row.slots["verified"]) == (driver.id, True)
+
+
+# ------------------------------------------------------------------ persistence
+
+
+def test_a_turn_reads_nothing_and_writes_once_when_the_conversation_is_in_memory(
+        chat: Chat, engine: Any) -> None:
+    chat.say("Hello there")
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(" ".join(statement.split()[:3]).upper())
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        chat.say("Thanks a lot for the help")
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert statements == ["UPDATE CONVERSATION SET", "INSERT INTO CONVERSATION_EVENT"]
+    with Session(engine) as session:  # already in the database when the answer came
+        row = store.get_conversation(session, channel=chat.channel, sender=chat.sender)
+        assert row is not None
+        texts = [e.data.get("text") for e in store.list_events(
+            session, conversation_id=row.id or 0, types=("user", "bot"))]
+    assert texts[-2:] == ["Thanks a lot for the help", chat.last[0]["text"]]
+
+
+def test_an_agent_resuming_the_conversation_is_seen_by_the_next_turn(
+        runtime: Any, driver: Driver, engine: Any) -> None:
+    chat = verified(runtime, driver)
+    chat.say("I want to talk to a real person")
+    assert chat.conversation().paused
+    assert chat.say("hello?") == []
+    with session_scope(engine) as session:
+        store.resume_conversation(session, channel=chat.channel, sender=chat.sender)
+    assert chat.say("Thanks a lot for the help") != []
+    assert not chat.conversation().paused
+
+
+def test_a_pause_written_elsewhere_survives_the_turn_it_raced(
+        chat: Chat, engine: Any) -> None:
+    chat.say("Hello there")
+    with Session(engine) as session:  # e.g. an agent console in another process
+        row = session.exec(select(Conversation)).one()
+        row.paused = True
+        row.updated_at = utcnow()
+        session.add(row)
+        session.commit()
+    chat.say("What does charging cost per kWh?")  # this turn started from memory
+    assert chat.conversation().paused  # the agent's pause was kept
+    assert chat.say("hello?") == []  # and the next turn starts from the database
+    with Session(engine) as session:
+        said = [e.data["text"] for e in store.list_events(
+            session, conversation_id=chat.conversation().id or 0, types=("user",))]
+    assert said == ["Hello there", "What does charging cost per kWh?", "hello?"]

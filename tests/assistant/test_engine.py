@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.sparse import csr_matrix
 
 from assistant.nlu import data as nlu_data
+from assistant.nlu.classifier import IntentClassifier, SparseMLP
 from assistant.nlu.engine import FALLBACK_INTENT, NluEngine, load_or_train, model_path
 from assistant.nlu.language import LanguageDetector
 
@@ -82,6 +84,30 @@ def test_single_message_path_equals_the_batch_path(nlu: NluEngine,
     batch = nlu.classifier.predict_proba(texts)
     single = np.array([nlu.classifier.predict_proba_one(t) for t in texts])
     assert np.allclose(batch, single, atol=1e-5)
+
+
+def test_the_network_learns_combinations_a_linear_model_cannot() -> None:
+    # XOR of two features: class 1 has exactly one of them. No hyperplane separates it.
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(0, 2, 400), rng.integers(0, 2, 400)
+    noise = rng.random((400, 20)) < 0.1
+    x = csr_matrix(np.column_stack([a, b, noise]).astype(np.float32))
+    y = a ^ b
+    net = SparseMLP(hidden=32, epochs=60, seed=0).fit(x, y, 2)
+    assert np.mean(net.decision_function(x).argmax(axis=1) == y) == 1.0
+    again = SparseMLP(hidden=32, epochs=60, seed=0).fit(x, y, 2)
+    assert np.array_equal(net.w1, again.w1)  # the seed fixes the whole run
+
+
+def test_two_intents_give_a_distribution_over_both() -> None:
+    texts = [f"yes {w}" for w in ("please", "sure", "ok", "right", "do it")] * 4 + [
+        f"no {w}" for w in ("thanks", "way", "never", "stop", "don't")] * 4
+    labels = ["affirm"] * 20 + ["deny"] * 20
+    model = IntentClassifier().fit(texts, labels)
+    assert model.classes_ == ["affirm", "deny"]
+    batch = model.predict_proba(["yes sure", "no way"])
+    assert batch.argmax(axis=1).tolist() == [0, 1]
+    assert np.allclose(batch[1], model.predict_proba_one("no way"), atol=1e-5)
 
 
 @pytest.mark.parametrize(("text", "language"), [

@@ -237,9 +237,12 @@ def test_tokens_expire_and_are_tamper_proof() -> None:
 def test_new_chats_are_limited_per_client_address(client: httpx.Client) -> None:
     from assistant.channels import web
 
-    statuses = [client.post("/chat/session").status_code for _ in range(web.SESSION_BURST + 5)]
+    # Until refused (the bucket refills slowly while a busy machine sends the burst).
+    statuses: list[int] = []
+    while 429 not in statuses and len(statuses) < 3 * web.SESSION_BURST:
+        statuses.append(client.post("/chat/session").status_code)
 
-    assert statuses.count(429) >= 1 and statuses[0] == 200
+    assert statuses[-1] == 429 and statuses.count(200) >= web.SESSION_BURST
 
 
 def test_the_demo_page_embeds_the_widget(client: httpx.Client) -> None:

@@ -14,12 +14,14 @@ from stdnum import luhn
 from billing_api import invoicing
 from billing_api.models import (
     ChargingSession,
+    Driver,
     Invoice,
     InvoiceKind,
     InvoiceRun,
     InvoiceStatus,
     Language,
     PaymentMethod,
+    SessionCostLine,
 )
 from billing_api.service import BillingError
 from chargedesk.db import session_scope
@@ -106,6 +108,56 @@ def test_sessions_after_the_period_wait_for_the_next_run(engine) -> None:
         make_rated_session(session, driver=driver, start=datetime(2026, 10, 31, 22, 30,
                                                                   tzinfo=UTC))  # ends 00:30 local
     assert run(engine).invoices == 0
+
+
+def test_a_run_in_many_batches_numbers_in_driver_order_and_links_every_session(engine) -> None:
+    # Seven drivers in batches of two: on PostgreSQL the batches are prepared side by side
+    # (stored under provisional numbers) and numbered in order as each commits.
+    drivers = seed(engine, drivers=7, sessions_each=2)
+    done: list[tuple[int, int]] = []
+    report = run(engine, batch_size=2, on_batch=lambda d, n: done.append((d, n)))
+    assert report.invoices == 7 and done == [(2, 7), (4, 7), (6, 7), (7, 7)]
+    with session_scope(engine) as session:
+        invoices = session.exec(select(Invoice).order_by(col(Invoice.number))).all()
+        assert [i.number for i in invoices] == [1, 2, 3, 4, 5, 6, 7]
+        assert [i.driver_id for i in invoices] == sorted(drivers)
+        ids = [i.id for i in invoices]
+        assert ids == sorted(ids)  # ids follow the numbers
+        for invoice in invoices:
+            assert invoice.ocr == invoicing.ocr_reference(InvoiceKind.invoice, invoice.number)
+            lines = invoicing.invoice_lines(session, invoice_id=invoice.id)
+            assert [(ln.position, ln.dimension) for ln in lines] == [(1, "FLAT"), (2, "ENERGY")]
+            assert invoice.net_ore == sum(ln.net_ore for ln in lines) == 10600
+            linked = session.exec(select(ChargingSession).where(
+                ChargingSession.driver_id == invoice.driver_id)).all()
+            assert [s.invoice_id for s in linked] == [invoice.id, invoice.id]
+        assert report.total_ore == sum(i.total_ore for i in invoices)
+        assert session.exec(select(InvoiceRun)).one().status == "completed"
+
+
+def test_a_batch_links_exactly_the_sessions_it_billed(engine) -> None:
+    # Batches of two. The second driver's session has no cost lines left, so that driver
+    # gets no invoice and keeps the session open, while the other driver of its batch is
+    # billed; a session that ends after the period stays open too.
+    drivers = seed(engine, drivers=4, sessions_each=1)
+    with session_scope(engine) as session:
+        rows = {s.driver_id: s for s in session.exec(select(ChargingSession)).all()}
+        session.execute(SessionCostLine.__table__.delete().where(
+            SessionCostLine.__table__.c.session_id == rows[drivers[1]].id))
+        driver = session.get(Driver, drivers[2])
+        later = make_rated_session(session, driver=driver,
+                                   start=datetime(2026, 11, 1, 8, tzinfo=UTC)).id
+    report = run(engine, batch_size=2)
+    assert report.invoices == 3
+    with session_scope(engine) as session:
+        invoices = {i.driver_id: i for i in session.exec(select(Invoice)).all()}
+        assert sorted(invoices) == sorted([drivers[0], drivers[2], drivers[3]])
+        assert [i.number for i in sorted(invoices.values(), key=lambda i: i.driver_id)] == [
+            1, 2, 3]
+        for s in session.exec(select(ChargingSession)).all():
+            expected = None if s.id == later or s.driver_id == drivers[1] else (
+                invoices[s.driver_id].id)
+            assert s.invoice_id == expected
 
 
 def test_a_crashed_run_leaves_no_gap_and_a_rerun_completes_it(engine) -> None:

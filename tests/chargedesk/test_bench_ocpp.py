@@ -26,6 +26,19 @@ def test_a_small_benchmark_accounts_for_every_message_on_both_systems() -> None:
         assert result["lost"] == 0, system
     assert figures["ratio"]["command_p99_ms"] is not None
     assert any("ramp-up" in line or "connected" in line for line in lines)
+    assert figures["failures"] == [] and figures["targets"]["command_p99_ms_below"] == 100
+
+
+def test_missed_targets_are_named() -> None:
+    good = {"stations_connected": 1000, "stations_charging": 1000, "lost": 0,
+            "command_p99_ms": 18.9}
+    assert ocpp.missed_targets(good, 1000) == []
+    slow = good | {"stations_charging": 372, "command_p99_ms": 2400.0, "lost": 3}
+    assert ocpp.missed_targets(slow, 1000) == [
+        "stations_charging 372 of 1000", "lost 3 station CALLs or commands",
+        "command p99 2400.0 ms, target below 100.0 ms"]
+    assert ocpp.missed_targets({"error": "ReadTimeout('')"}, 1000) == [
+        "the run failed: ReadTimeout('')"]
 
 
 def test_prometheus_counters_are_summed_over_their_labels() -> None:

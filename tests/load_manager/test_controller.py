@@ -12,7 +12,9 @@ from sqlmodel import Session
 
 from chargedesk.errors import NotFound
 from load_manager import service
-from load_manager.controller import decide, grid_of, safe_default_limit, tx_profile
+from load_manager.controller import decide, grid_of, observations, safe_default_limit, tx_profile
+from load_manager.dispatch import Observation
+from load_manager.meters import PILOT_SETTLE_S, MeterWatch, Reading, reading_of
 from load_manager.models import StationCapability
 from load_manager.service import InvalidSetting
 from station_api import service as stations
@@ -126,22 +128,145 @@ def test_priority_tags_inherit_from_their_parent(session: Session) -> None:
                                                                    ("B", 1): 14.0}
 
 
+def meter(samples: dict[str, str], *, measurand: str = "Current.Import",
+          unit: str = "A") -> list[Sample]:
+    """One instant's meter values: {phase ("" for none): value}."""
+    return [Sample(timestamp=NOW, measurand=measurand, phase=phase, location="Outlet",
+                   context="Sample.Periodic", unit=unit, value=Decimal(value))
+            for phase, value in samples.items()]
+
+
+class Clock:
+    """The watch's clock, moved by hand: a pilot settles without a test waiting for it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def watched(key: tuple[str, int], tx: int, pilot: float, samples: list[Sample], *,
+            clock: Clock | None = None, watch: MeterWatch | None = None) -> MeterWatch:
+    """A watch that saw the station accept ``pilot`` and, once settled, ``samples``."""
+    clock = clock or Clock()
+    watch = watch or MeterWatch(clock=clock)
+    watch.pilot(key, transaction_id=tx, amps=pilot)
+    clock.now += PILOT_SETTLE_S
+    assert watch.saw(key, transaction_id=tx, reading=reading_of(samples))
+    return watch
+
+
 def test_the_observed_car_gives_back_what_it_does_not_take(session: Session) -> None:
     a_site(session, phase_limit_a=32.0)
     a_station(session, "A")
     a_station(session, "B")
     slow = charging(session, "A")
     charging(session, "B", tag="T2")
-    service.record_allocation(session, station_id="A", connector_id=1, transaction_id=slow,
-                              limit_a=16.0, outcome="accepted")
-    service.observe_meter_values(session, transaction_id=slow, samples=[
-        Sample(timestamp=NOW, measurand="Current.Import", phase=phase, location="Outlet",
-               context="Sample.Periodic", unit="A", value=Decimal("9.5"))
-        for phase in ("L1", "L2", "L3")
-    ])
-    # A draws 9.5 A of its 16 A: it keeps 10.5 A and B gets the rest.
-    assert decide(state(session), planned={}, now=NOW).limits == {("A", 1): 10.5,
-                                                                   ("B", 1): 21.5}
+    site = state(session)
+    watch = watched(("A", 1), slow, 16.0, meter({"L1": "9.5", "L2": "9.4", "L3": "9.5"}))
+    # A draws 9.5 A of its 16 A: it is counted at 11.5, 11 A in whole amperes, and B gets
+    # the rest, also in whole amperes.
+    assert decide(site, planned={}, now=NOW, observed=observations(site, watch)).limits == {
+        ("A", 1): 11.0, ("B", 1): 21.0}
+
+
+def test_the_latest_reading_counts_not_the_peak(session: Session) -> None:
+    # A took its whole 16 A first, then tapered to 4 A: the taper is what it gives back.
+    a_site(session, phase_limit_a=32.0)
+    a_station(session, "A")
+    a_station(session, "B")
+    tapering = charging(session, "A")
+    charging(session, "B", tag="T2")
+    clock = Clock()
+    watch = watched(("A", 1), tapering, 16.0, meter({"L1": "16", "L2": "16", "L3": "16"}),
+                    clock=clock)
+    site = state(session)
+    assert decide(site, planned={}, now=NOW, observed=observations(site, watch)).limits == {
+        ("A", 1): 16.0, ("B", 1): 16.0}
+    clock.now += 60
+    assert watch.saw(("A", 1), transaction_id=tapering,
+                     reading=reading_of(meter({"L1": "4", "L2": "4", "L3": "4"})))
+    limits = decide(site, planned={}, now=NOW, observed=observations(site, watch)).limits
+    assert limits == {("A", 1): 6.0, ("B", 1): 26.0}
+
+
+def test_a_reading_is_only_taken_under_a_settled_pilot_of_the_same_transaction() -> None:
+    clock = Clock()
+    watch = MeterWatch(clock=clock)
+    key, reading = ("A", 1), reading_of(meter({"L1": "4"}))
+    assert not watch.saw(key, transaction_id=7, reading=reading)  # no pilot known
+    watch.pilot(key, transaction_id=7, amps=16.0)
+    clock.now += PILOT_SETTLE_S - 0.1
+    assert not watch.saw(key, transaction_id=7, reading=reading)  # the car may still follow
+    clock.now += 0.1
+    assert not watch.saw(key, transaction_id=8, reading=reading)  # another transaction
+    assert watch.saw(key, transaction_id=7, reading=reading)
+    assert watch.observation(7, phases=1, voltage_v=230) == Observation(16.0, 4.0)
+    # A refresh of the same pilot does not unsettle it; a new pilot does, and until it has
+    # settled the reading under the old one still stands.
+    watch.pilot(key, transaction_id=7, amps=16.0)
+    assert watch.saw(key, transaction_id=7, reading=reading_of(meter({"L1": "5"})))
+    watch.pilot(key, transaction_id=7, amps=8.0)
+    assert not watch.saw(key, transaction_id=7, reading=reading_of(meter({"L1": "8"})))
+    assert watch.observation(7, phases=1, voltage_v=230) == Observation(16.0, 5.0)
+    # A pilot whose first period has run out (a plan's next period applies) is not known.
+    watch.pilot(key, transaction_id=7, amps=10.0, lasts_s=PILOT_SETTLE_S + 1)
+    clock.now += PILOT_SETTLE_S + 1
+    assert not watch.saw(key, transaction_id=7, reading=reading)
+    watch.forget_station("A")
+    assert watch.observation(7, phases=1, voltage_v=230) is None
+
+
+def test_power_alone_counts_over_the_cars_phases_and_one_phase_when_unknown() -> None:
+    three = reading_of(meter({"": "6900"}, measurand="Power.Active.Import", unit="W"))
+    assert three is not None
+    assert three.drawn_a(phases=3, voltage_v=230) == pytest.approx(10.0)
+    # Phases unknown: as if all on one phase, never less than the car really draws.
+    assert three.drawn_a(phases=None, voltage_v=230) == pytest.approx(30.0)
+    kw = reading_of(meter({"": "2.3"}, measurand="Power.Active.Import", unit="kW"))
+    assert kw is not None and kw.drawn_a(phases=1, voltage_v=230) == pytest.approx(10.0)
+    # Current wins over power; the busiest phase counts; the transaction's first sample and
+    # the car's own (location EV) do not.
+    mixed = meter({"L1": "7.5", "L2": "7.9", "L3": "7.7"}) + meter(
+        {"": "9000"}, measurand="Power.Active.Import", unit="W")
+    assert reading_of(mixed) == Reading(current_a=7.9)
+    begin = [s.model_copy(update={"context": "Transaction.Begin"}) for s in meter({"L1": "0"})]
+    car = [s.model_copy(update={"location": "EV"}) for s in meter({"L1": "3"})]
+    assert reading_of(begin + car) is None
+
+
+def test_a_car_that_has_drawn_nothing_keeps_the_minimum_and_leaves_the_rest(
+    session: Session,
+) -> None:
+    # The give-back rule is dispatch.counted_limit, shared with the realistic bench: A was
+    # offered 16 A and its meter shows nothing. It keeps the 6 A minimum (so it can start)
+    # but is counted at 0 A, so B gets the whole phase.
+    a_site(session, phase_limit_a=32.0)
+    a_station(session, "A")
+    a_station(session, "B")
+    idle = charging(session, "A")
+    charging(session, "B", tag="T2")
+    site = state(session)
+    watch = watched(("A", 1), idle, 16.0, meter({"L1": "0.0", "L2": "0.0", "L3": "0.0"}))
+    assert decide(site, planned={}, now=NOW, observed=observations(site, watch)).limits == {
+        ("A", 1): 6.0, ("B", 1): 32.0}
+
+
+def test_single_phase_cars_on_one_phase_get_whole_amperes_of_at_least_the_minimum(
+    session: Session,
+) -> None:
+    # Three single-phase connectors all on L1 of a 20 A phase: 7 + 7 + 6, not 6.7 each.
+    a_site(session, phase_limit_a=20.0)
+    for n in range(3):
+        a_station(session, f"P{n}", phases=1, rotation="RST")
+        charging(session, f"P{n}", tag=f"T{n}", minutes_ago=30 - n)
+    limits = decide(state(session), planned={}, now=NOW).limits
+    assert sorted(limits.values()) == [6.0, 7.0, 7.0]
+    # At 16 A the three minimums do not fit: the latest arrival pauses, the others share.
+    service.set_site_grid(session, site_id="S", phase_limit_a=16.0, power_limit_kw=None)
+    assert decide(state(session), planned={}, now=NOW).limits == {
+        ("P0", 1): 8.0, ("P1", 1): 8.0, ("P2", 1): 0.0}
 
 
 def test_observed_phases_decide_where_a_car_on_a_three_phase_connector_draws(
@@ -169,8 +294,8 @@ def test_safe_default_shares_the_tightest_phase_among_all_connectors(session: Se
     a_station(session, "A", connectors=2)
     a_station(session, "B", phases=1, rotation="SRT")
     site = state(session)
-    # L2 carries three connectors (A1, A2 and B): 32 / 3 = 10.6 A (floored to 0.1 A).
-    assert safe_default_limit(site, "A") == 10.6
+    # L2 carries three connectors (A1, A2 and B): 32 / 3 A, floored to whole amperes.
+    assert safe_default_limit(site, "A") == 10.0
 
 
 def test_safe_default_is_zero_when_the_minimum_cannot_be_met(session: Session) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from sqlmodel import Session, select
 
-from chargedesk.db import session_scope
+from chargedesk.db import run_in_session, session_scope
 from chargedesk.events import Event, InMemoryEventBus
 from load_manager import usage
 from load_manager.models import UsageOutcome, UsageSession
@@ -136,6 +138,43 @@ async def test_events_in_any_order_give_the_same_row(engine: Any) -> None:
     # Unplug first, stop last: every handler reads history in the station's timestamps.
     await deliver(engine, list(reversed(station.events)))
 
+    [row] = rows(engine)
+    assert (row.charging_s, row.idle_s, row.energy_wh) == (3600, 2340, 10_000)
+    assert row.outcome == UsageOutcome.completed
+
+
+async def test_events_that_wait_together_cost_one_rebuild_and_the_same_row(
+    engine: Any, monkeypatch: Any
+) -> None:
+    station = Station(engine)
+    a_full_visit(station)
+    rebuilt: list[dict[str, Any]] = []
+    real = usage.rebuild_between
+
+    def counting(session: Session, **kwargs: Any) -> int:
+        rebuilt.append(kwargs)
+        return real(session, **kwargs)
+
+    monkeypatch.setattr(usage, "rebuild_between", counting)
+    # The database thread is busy with a station's message while all seven events come in.
+    busy, go_on = threading.Event(), threading.Event()
+
+    def a_long_message(session: Session) -> None:
+        busy.set()
+        assert go_on.wait(10)
+
+    message = asyncio.create_task(run_in_session(engine, a_long_message))
+    assert await asyncio.to_thread(busy.wait, 10)
+    bus = InMemoryEventBus()
+    usage.install(engine=engine, bus=bus)
+    for event in station.events:
+        await bus.publish(event)
+    await asyncio.sleep(0)  # every subscriber has queued or joined a rebuild
+    go_on.set()
+    await message
+    await bus.join()
+
+    assert [(r["first"], r["last"]) for r in rebuilt] == [(at(0), at(100))]
     [row] = rows(engine)
     assert (row.charging_s, row.idle_s, row.energy_wh) == (3600, 2340, 10_000)
     assert row.outcome == UsageOutcome.completed

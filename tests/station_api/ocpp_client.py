@@ -28,10 +28,12 @@ class ScriptedStation(ChargePoint):
         super().__init__(station_id, connection, response_timeout=5)
         self.unlock_status = "Unlocked"
         self.silent = False
+        self.swallowed = 0
         self.received: list[tuple[str, dict[str, Any]]] = []
 
     async def route_message(self, raw_msg: str) -> None:
         if self.silent and raw_msg.startswith("[2,"):
+            self.swallowed += 1
             return
         await super().route_message(raw_msg)
 

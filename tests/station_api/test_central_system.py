@@ -59,7 +59,9 @@ def capture(server: Any, *event_types: type) -> list[Any]:
     return seen
 
 
-async def eventually(predicate: Any, timeout: float = 5.0) -> None:
+async def eventually(predicate: Any, timeout: float = 20.0) -> None:
+    # A generous limit: it only matters when the condition never comes, and a busy CI
+    # machine can take seconds to get there.
     deadline = asyncio.get_running_loop().time() + timeout
     while not predicate():
         if asyncio.get_running_loop().time() > deadline:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import httpx
@@ -11,7 +12,7 @@ import pytest
 from chargedesk.db import session_scope
 from station_api import service
 from tests.station_api.ocpp_client import station
-from tests.station_api.test_central_system import add_tag, register
+from tests.station_api.test_central_system import add_tag, eventually, register
 
 
 @pytest.fixture
@@ -59,6 +60,39 @@ async def test_a_command_to_an_offline_station_fails_at_once(server, engine, aap
                               json={"type": "Soft"})).json()
     assert answer["outcome"] == "offline"
     assert time.monotonic() - started < 2
+
+
+async def test_commands_waiting_for_their_station_hold_no_database_connection(
+    server, engine, aapi
+) -> None:
+    """Otherwise enough slow commands empty the pool, and the worker thread that every
+    station's messages go through waits for a connection."""
+    ids = [f"CP-{n}" for n in range(1, 9)]
+    for station_id in ids:
+        register(engine, station_id)
+    pool = server.runtime.engine.pool
+    async with contextlib.AsyncExitStack() as stack:
+        stations = [await stack.enter_async_context(station(server.ws_url, i)) for i in ids]
+        for cp in stations:
+            cp.silent = True
+        # Two per station: one the station swallows, one queued behind it (one CALL at a
+        # time per connection).
+        waiting = [asyncio.create_task(aapi.post(
+            f"/api/v1/stations/{station_id}/commands/Reset", json={"type": "Soft"},
+            params={"timeout": 4})) for station_id in ids * 2]
+        await eventually(lambda: all(cp.swallowed == 1 for cp in stations))
+        # A request still writing its command log holds a connection for a moment; on a
+        # busy machine several may be caught at it. While the commands wait, all come back.
+        held: list[int] = []
+
+        def settled() -> bool:
+            held.append(pool.checkedout())
+            return held[-1] < 5 or any(w.done() for w in waiting)
+
+        await eventually(settled)
+        assert not any(w.done() for w in waiting), f"connections held while waiting: {held}"
+        answers = [(await w).json() for w in waiting]
+    assert {a["outcome"] for a in answers} == {"timeout"}
 
 
 async def test_a_station_that_does_not_answer_times_out_within_the_timeout(

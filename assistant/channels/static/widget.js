@@ -25,9 +25,10 @@
       placeholder: "Fråga om pris, laddare, betalning…",
       signIn: "Logga in", signOut: "Logga ut", signedIn: "Inloggad",
       contact: "E-post eller mobilnummer", sendCode: "Skicka kod",
-      code: "Kod från e-post", verify: "Logga in med koden", cancel: "Avbryt",
-      codeSent: "Om adressen eller numret hör till ett konto har vi skickat en kod till kontots e-postadress. Den gäller i 10 minuter.",
-      smsNote: "Koder skickas än så länge bara med e-post.",
+      code: "Kod", verify: "Logga in med koden", cancel: "Avbryt",
+      codeSent: "Om adressen hör till ett konto har vi skickat en kod till den. Den gäller i 10 minuter.",
+      codeSentSms: "Om numret hör till ett konto har vi skickat en kod till det med sms. Den gäller i 10 minuter.",
+      codeSentEmail: "Om numret hör till ett konto har vi skickat en kod till kontots e-postadress. Den gäller i 10 minuter.",
       badCode: "Koden stämmer inte eller har gått ut.",
       badContact: "Skriv en e-postadress eller ett mobilnummer.",
       tooMany: "För många försök. Vänta en stund och försök igen.",
@@ -43,9 +44,10 @@
       placeholder: "Ask about prices, chargers, payment…",
       signIn: "Sign in", signOut: "Sign out", signedIn: "Signed in",
       contact: "E-mail or mobile number", sendCode: "Send code",
-      code: "Code from the e-mail", verify: "Sign in with the code", cancel: "Cancel",
-      codeSent: "If the address or number belongs to an account, we have sent a code to the account's e-mail address. It is valid for 10 minutes.",
-      smsNote: "Codes are sent by e-mail only for now.",
+      code: "Code", verify: "Sign in with the code", cancel: "Cancel",
+      codeSent: "If the address belongs to an account, we have sent a code to it. It is valid for 10 minutes.",
+      codeSentSms: "If the number belongs to an account, we have sent a code to it by text. It is valid for 10 minutes.",
+      codeSentEmail: "If the number belongs to an account, we have sent a code to the account's e-mail address. It is valid for 10 minutes.",
       badCode: "The code is wrong or has expired.",
       badContact: "Enter an e-mail address or a mobile number.",
       tooMany: "Too many attempts. Wait a while and try again.",
@@ -316,9 +318,12 @@
       if (r.status === 422) { signinStatus.textContent = t("badContact"); contactInput.focus(); return; }
       if (r.status === 429) { signinStatus.textContent = t("tooMany"); return; }
       if (!r.ok) throw new Error("verify " + r.status);
-      contactForm.hidden = true; codeForm.hidden = false;
-      signinStatus.textContent = t("codeSent") + " " + t("smsNote");
-      codeInput.value = ""; codeInput.focus();
+      return r.json().then(function (v) {
+        contactForm.hidden = true; codeForm.hidden = false;
+        signinStatus.textContent = contact.indexOf("@") >= 0 ? t("codeSent")
+          : t(v.via === "sms" ? "codeSentSms" : "codeSentEmail");
+        codeInput.value = ""; codeInput.focus();
+      });
     }).catch(function () { signinStatus.textContent = t("offline"); })
       .finally(function () { contactSubmit.disabled = false; });
   });
@@ -335,6 +340,8 @@
         state.token = s.token; state.expiresAt = s.expires_at; state.driverId = s.driver_id;
         save(); connect(); renderAccount(); showSignin(false);
         system(t("nowSignedIn"));
+        // A case an agent already has (from another channel) follows the driver here.
+        (s.messages || []).forEach(function (m) { showBot(m, "rest"); });
         input.focus();
       });
     }).catch(function () { signinStatus.textContent = t("offline"); })
