@@ -25,17 +25,26 @@ followers the support desk registered (:func:`add_follower`) put the conversatio
 ticket and pause it, so the bot never answers a driver people already have. The driver is
 told so instead, in the language they wrote (:func:`acknowledge`). :class:`ContactLinked` is
 published when a conversation joins a contact; agents read :func:`history`.
+
+A one-time code used inside a conversation (the assistant's verification) links it in the
+code's own transaction (:func:`prove`, called by :func:`assistant.identity.check_code`), so
+the message that carried the code is already the driver's; once that message is answered,
+the channel calls :func:`after_turn`, which does what a sign-in does: the followers put the
+conversation on the driver's active ticket and the driver is told so.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 import structlog
-from sqlalchemy import update
+from sqlalchemy import Engine, event, update
 from sqlmodel import Session, col, select
 
 from assistant.contact_models import Contact, ContactAddress, ContactConversation
@@ -166,6 +175,55 @@ def code_driver(session: Session, *, channel: str, sender: str) -> int | None:
                col(OneTimeCode.used_at).is_not(None), col(OneTimeCode.driver_id).is_not(None))
         .order_by(col(OneTimeCode.id).desc()).limit(1)).first()
     return int(found) if found is not None else None
+
+
+# Conversations a code proved in a transaction that committed, waiting for their channel's
+# :func:`after_turn` (or the next :func:`join`), per database: {(channel, sender): Linked}.
+# Bounded: a channel that never asks (or a turn that failed) only leaves the oldest behind.
+_PROOFS_KEPT = 1000
+_proofs: weakref.WeakKeyDictionary[Engine, OrderedDict[tuple[str, str], Linked]] = (
+    weakref.WeakKeyDictionary())
+_proofs_lock = threading.Lock()
+
+
+def _engine_of(session: Session) -> Engine:
+    bind = session.get_bind()
+    return bind if isinstance(bind, Engine) else bind.engine
+
+
+def prove(session: Session, *, channel: str, sender: str, driver_id: int,
+          now: datetime | None = None) -> Linked:
+    """A one-time code of ``driver_id`` was just used in the conversation ``(channel,
+    sender)`` (in this transaction): link it to the driver's contact now, as the code
+    proves. The conversation keeps the address and proof its channel gave it; a web chat
+    not linked before is proven by the code as a sign-in is (its session is the address),
+    so an anonymous contact its proven address built up is merged into the driver's. Once
+    the transaction commits, the channel's :func:`after_turn` finishes the join."""
+    existing = session.get(ContactConversation, (channel, sender))
+    if existing is not None:
+        address, proven = existing.address, existing.proven
+    else:
+        address, proven = sender, channel == "web"
+    linked = link(session, channel=channel, sender=sender, address=address,
+                  driver_id=driver_id, proven=proven, now=now)
+    engine = _engine_of(session)
+
+    def keep(_session: Session) -> None:
+        with _proofs_lock:
+            waiting = _proofs.setdefault(engine, OrderedDict())
+            waiting[(channel, sender)] = linked
+            waiting.move_to_end((channel, sender))
+            while len(waiting) > _PROOFS_KEPT:
+                waiting.popitem(last=False)
+
+    event.listen(session, "after_commit", keep, once=True)
+    return linked
+
+
+def _take_proof(engine: Engine, channel: str, sender: str) -> Linked | None:
+    with _proofs_lock:
+        waiting = _proofs.get(engine)
+        return waiting.pop((channel, sender), None) if waiting else None
 
 
 def _address(session: Session, *, kind: str, address: str, proven: bool
@@ -347,6 +405,9 @@ class Followed:
     # the driver is to be told so. False for a ticket handed back to the bot (pending).
     paused: bool
     language: str | None = None  # the ticket's
+    # The conversation answers a question of the desk's (the rating question texted after
+    # a call): paused so the answer reaches the ticket, and nothing to tell the driver.
+    quiet: bool = False
 
 
 # ``follower(session, channel=, sender=, contact_id=, now=)``, in the transaction that
@@ -404,14 +465,31 @@ def _join(session: Session, *, followers: list[Follower], channel: str, sender: 
           address: str, driver_id: int | None, proven: bool, now: datetime) -> Joined:
     linked = link(session, channel=channel, sender=sender, address=address,
                   driver_id=driver_id, proven=proven, now=now)
-    if linked.driver_id is None:
-        return Joined(linked)
+    # Followers decide for themselves whom they follow: a proven driver onto their ticket,
+    # any number onto the rating question texted to it.
     for follower in followers:
         followed = follower(session, channel=channel, sender=sender,
                             contact_id=linked.contact_id, now=now)
         if followed is not None:
             return Joined(linked, followed)
     return Joined(linked)
+
+
+def _follow_proof(session: Session, *, followers: list[Follower], channel: str, sender: str,
+                  now: datetime) -> tuple[Joined | None, str | None]:
+    """:func:`_join` again with what :func:`prove` linked (the conversation's own address
+    and proof), so the followers see the driver; and the language the conversation is in
+    (the assistant just answered in it: a bare code says nothing of a language)."""
+    from assistant.dialogue import store
+
+    row = session.get(ContactConversation, (channel, sender))
+    if row is None:
+        return None, None
+    conversation = store.get_conversation(session, channel=channel, sender=sender)
+    language = conversation.language if conversation is not None else None
+    return _join(session, followers=followers, channel=channel, sender=sender,
+                 address=row.address, driver_id=row.driver_id, proven=row.proven,
+                 now=now), language
 
 
 async def join(runtime: Any, *, channel: str, sender: str, address: str,
@@ -423,6 +501,7 @@ async def join(runtime: Any, *, channel: str, sender: str, address: str,
     A failure is logged and swallowed (None): the message is answered as if nothing had
     been linked, and the next one tries again."""
     followers = list(getattr(runtime, "contact_followers", ()))
+    proof = _take_proof(runtime.engine, channel, sender)  # this join covers it
     try:
         joined = await run_in_session(runtime.engine, _join, followers=followers,
                                       channel=channel, sender=sender, address=address,
@@ -430,14 +509,45 @@ async def join(runtime: Any, *, channel: str, sender: str, address: str,
     except Exception:
         log.exception("conversation not linked to a contact", channel=channel)
         return None
+    await publish(runtime, proof)
     await publish(runtime, joined.linked)
     return joined
 
 
+async def after_turn(runtime: Any, *, channel: str, sender: str, joined: Joined | None,
+                     messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """After the assistant answered a message (``messages``, perhaps none): what the
+    channel sends besides. When a one-time code in that message proved the driver
+    (:func:`prove`), the conversation joins as a sign-in does: :class:`ContactLinked` is
+    published, the followers put it on the driver's active ticket (after the message, so
+    the ticket's inbox starts past the code) and the driver is told people have it.
+    Otherwise, when the assistant said nothing, :func:`acknowledge` for ``joined``."""
+    proof = _take_proof(runtime.engine, channel, sender)
+    if proof is not None:
+        await publish(runtime, proof)
+        followers = list(getattr(runtime, "contact_followers", ()))
+        try:
+            rejoined, language = await run_in_session(
+                runtime.engine, _follow_proof, followers=followers, channel=channel,
+                sender=sender, now=utcnow())
+        except Exception:
+            log.exception("proven conversation not followed", channel=channel)
+            rejoined, language = None, None
+        if rejoined is not None:
+            await publish(runtime, rejoined.linked)
+        return await acknowledge(runtime, channel=channel, sender=sender, joined=rejoined,
+                                 language=language)
+    if messages:
+        return []
+    return await acknowledge(runtime, channel=channel, sender=sender, joined=joined)
+
+
 def record_acknowledgement(session: Session, *, channel: str, sender: str,
-                           followed: Followed, now: datetime) -> dict[str, Any] | None:
-    """Write the acknowledgement into the conversation (a message of the desk's) in the
-    language of the driver's latest message, else the ticket's."""
+                           followed: Followed, now: datetime, language: str | None = None
+                           ) -> dict[str, Any] | None:
+    """Write the acknowledgement into the conversation (a message of the desk's) in
+    ``language`` when given, else that of the driver's latest message, else the
+    ticket's."""
     from assistant.dialogue import store
 
     conversation = store.get_conversation(session, channel=channel, sender=sender)
@@ -448,7 +558,7 @@ def record_acknowledgement(session: Session, *, channel: str, sender: str,
         .where(ConversationEvent.conversation_id == conversation.id,
                ConversationEvent.type == "user")
         .order_by(col(ConversationEvent.id).desc()).limit(1)).first() or {}
-    said = (data.get("parse_data") or {}).get("language")
+    said = language or (data.get("parse_data") or {}).get("language")
     language = "en" if (said or followed.language or conversation.language) == "en" else "sv"
     text = ACKNOWLEDGEMENT[language].format(ticket=followed.ticket_id)
     session.add(ConversationEvent(
@@ -462,13 +572,15 @@ def record_acknowledgement(session: Session, *, channel: str, sender: str,
 
 
 async def acknowledge(runtime: Any, *, channel: str, sender: str,
-                      joined: Joined | None) -> list[dict[str, Any]]:
+                      joined: Joined | None, language: str | None = None
+                      ) -> list[dict[str, Any]]:
     """After the assistant stored the message of a conversation :func:`join` just paused:
     the message telling the driver that people have their case (recorded in the
     conversation as the desk's), for the channel to send. [] when nothing was paused."""
     followed = joined.followed if joined is not None else None
-    if followed is None or not followed.paused:
+    if followed is None or not followed.paused or followed.quiet:
         return []
     message = await run_in_session(runtime.engine, record_acknowledgement, channel=channel,
-                                   sender=sender, followed=followed, now=utcnow())
+                                   sender=sender, followed=followed, now=utcnow(),
+                                   language=language)
     return [message] if message is not None else []

@@ -18,6 +18,13 @@ Codes go to the address given: an e-mail address gets an e-mail; a phone number 
 when the SMS channel is installed (it registers with :func:`set_sms_codes`), else an e-mail
 to the account's address. Which way depends only on what was typed and on the
 installation, never on whether an account has it.
+
+One exception, told truthfully: a number that has sent STOP gets no text (nothing may be
+sent to it). The answer says so (``opted_out``: reply START to opt back in), and when the
+number is a driver's whose account has an e-mail address the code goes there instead
+(``sent`` by ``email``, with ``opted_out`` set, so the driver is told where it went). That
+answer differs for opted-out numbers on an account with an e-mail address: only a number's
+own phone can opt it out, so it tells nothing to someone who does not hold that phone.
 """
 
 from __future__ import annotations
@@ -69,11 +76,14 @@ class Verification:
     """What the driver is told after asking for a code: the same for known and unknown
     contacts. ``message_id`` is internal (the e-mail to deliver now) and never shown."""
 
-    status: Literal["sent", "rate_limited"]
+    status: Literal["sent", "rate_limited", "opted_out"]
     via: Literal["email", "sms"] = "email"
     expires_at: datetime | None = None
     retry_after_s: int = 0
     message_id: int | None = None  # via "sms": the text's row in the SMS channel's table
+    # The number given has opted out of texts (STOP): with status "sent" the code went by
+    # e-mail to the account's address instead; with "opted_out" nothing was sent.
+    opted_out: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,8 @@ class SmsCodes:
 
     queue: Callable[..., int | None]
     send: Callable[[int], Awaitable[bool]]
+    # ``opted_out(session, phone=)``: the number has sent STOP (nothing may be texted to it).
+    opted_out: Callable[..., bool] | None = None
 
 
 _sms_codes: weakref.WeakKeyDictionary[Engine, SmsCodes] = weakref.WeakKeyDictionary()
@@ -190,6 +202,19 @@ def start_verification(
     )
     message_id: int | None = None
     sms = _sms_for(session) if "@" not in normalised else None
+    if sms is not None and sms.opted_out is not None and sms.opted_out(session,
+                                                                       phone=normalised):
+        # Nothing may be texted to it: the account's e-mail address, if it has one.
+        if driver is not None and driver.email:
+            message_id = _mail_code(session, row=row, driver=driver, code=code)
+        session.add(row)
+        session.flush()
+        log.info("one-time code not texted: the number opted out",
+                 via="email" if message_id is not None else None)
+        if message_id is None:
+            return Verification(status="opted_out", via="sms", opted_out=True)
+        return Verification(status="sent", via="email", expires_at=row.expires_at,
+                            message_id=message_id, opted_out=True)
     if sms is not None:
         if driver is not None:
             message_id = sms.queue(session, phone=normalised,
@@ -200,14 +225,19 @@ def start_verification(
         return Verification(status="sent", via="sms", expires_at=row.expires_at,
                             message_id=message_id)
     if driver is not None and driver.email:
-        subject, body = code_mail(code, driver.language)
-        message = queue_email(session, to_address=driver.email, subject=subject, body=body,
-                              kind=EMAIL_KIND, driver_id=driver.id)
-        message_id = message.id
-        row.sent_via, row.email_message_id = "email", message_id
+        message_id = _mail_code(session, row=row, driver=driver, code=code)
     session.add(row)
     session.flush()
     return Verification(status="sent", expires_at=row.expires_at, message_id=message_id)
+
+
+def _mail_code(session: Session, *, row: OneTimeCode, driver: Driver, code: str) -> int | None:
+    """Queue the code's e-mail to the account's address (sent by :func:`deliver_code`)."""
+    subject, body = code_mail(code, driver.language)
+    message = queue_email(session, to_address=str(driver.email), subject=subject, body=body,
+                          kind=EMAIL_KIND, driver_id=driver.id)
+    row.sent_via, row.email_message_id = "email", message.id
+    return message.id
 
 
 def check_code(
@@ -235,6 +265,13 @@ def check_code(
         row.used_at = now
     session.add(row)
     session.flush()
+    if ok and row.driver_id is not None:
+        # The code proves the driver here and now: this very message is theirs (one
+        # contact, one history), not only the next one.
+        from assistant import contacts
+
+        contacts.prove(session, channel=channel, sender=sender, driver_id=row.driver_id,
+                       now=now)
     return row.driver_id if ok else None
 
 

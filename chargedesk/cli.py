@@ -491,6 +491,9 @@ def bench_schedule(
                          ] = False,
     seed: Annotated[int, typer.Option(
         help="--realistic: seed of the cars, batteries and statement noise")] = 0,
+    controller_connectors: Annotated[int, typer.Option(
+        min=0, help="--realistic: also time the real-time controller's rebalance of an MPC"
+                    " site with this many charging connectors (0: not)")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
 ) -> None:
     """Compare charging schedulers on recorded sessions under a capacity sweep; time a 500-car
@@ -505,7 +508,9 @@ def bench_schedule(
         _fail("--capacity-kw: give positive capacities")
     if realistic:
         figures = run_realistic(sessions_path=sessions, capacities=capacities, seed=seed,
-                                days=days, replan_runs=replan_runs, progress=_progress)
+                                days=days, replan_runs=replan_runs,
+                                controller_connectors=controller_connectors,
+                                progress=_progress)
         typer.echo(json.dumps(figures, default=str) if as_json else realistic_summary(figures))
     else:
         figures = run(sessions_path=sessions, capacities=capacities, phase_limits=phase_limits,

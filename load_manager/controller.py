@@ -26,6 +26,22 @@ Fail safe, in three layers:
 
 Events for one site are coalesced: while a rebalance runs, further events only mark the
 site dirty and one more rebalance follows, so a burst of meter values costs two passes.
+
+Sites with the ``mpc`` policy are decided by the online MPC the realistic scheduling bench
+measures (:class:`load_manager.mpc.Mpc`, one per site, kept between rebalances): every
+charging car is a :class:`~load_manager.mpc.Car` with the departure and energy its charge
+plan states, or without a plan the default estimate (``DEFAULT_STAY`` after it started,
+``DEFAULT_ENERGY_KWH``), like the bench's cars with their drivers' noisy statements; what it
+has had comes from its meter values. The MPC re-plans when the cars change, a car overstays
+its departure, drifts from its plan or starts taking less than offered (meter values), takes
+its plan's current slot as targets and passes them through the same dispatch (give-back,
+whole amperes, the 6 A minimum, the exact packing where minimums collide). How charge plans
+and the MPC combine: a plan is the driver's promise of energy by a time at the least cost,
+decided by :mod:`load_manager.planning` first (the cost-minimising LP over the planned cars,
+the unplanned cars' minimums kept free); the MPC then treats each planned car as fixed, its
+pilot the plan's for now (a ceiling, not filled with dear hours), and its schedule taken off
+the capacity it plans the other cars in. The other policies (equal share, priority, least
+laxity) are the allocator's rules, each planned car capped at its plan.
 """
 
 from __future__ import annotations
@@ -34,7 +50,7 @@ import asyncio
 import math
 from contextlib import suppress
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -48,8 +64,9 @@ from chargedesk.types import utcnow
 from load_manager import planning, service
 from load_manager.allocation import Grid, Load, Policy
 from load_manager.dispatch import STEP_A, Observation, connector_load, dispatch
-from load_manager.meters import MeterWatch, reading_of
-from load_manager.models import AllocationState, StationCapability
+from load_manager.meters import MeterWatch, Reading, reading_of
+from load_manager.models import AllocationState, SitePolicy, StationCapability
+from load_manager.mpc import Car, Mpc, need_kwh
 from load_manager.service import ActiveConnector, SiteState
 from station_api.central import CentralSystem
 from station_api.events import (
@@ -72,6 +89,12 @@ TX_PROFILE_ID_BASE = 9200
 RESEND_THRESHOLD_A = 0.5
 # A composite schedule may differ from the limit set by this much (stations round).
 VERIFY_TOLERANCE_A = 0.1
+# What the MPC takes a car without a charge plan to want (the median stay and about the
+# 75th percentile of energy of the Caltech workplace sessions, 6.1 h and 12.2 kWh), and how
+# far off such an estimate may be (need_kwh's rule for a car that charges past it).
+DEFAULT_STAY = timedelta(hours=6)
+DEFAULT_ENERGY_KWH = 12.0
+ESTIMATE_NOISE = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +127,9 @@ class LoadController:
     meters: MeterWatch = field(default_factory=MeterWatch)
     # The phases each connector's last accepted TxProfile named.
     _profile_phases: dict[tuple[str, int], int] = field(default_factory=dict)
+    # Each ``mpc`` site's MPC state (its plan, kept between rebalances).
+    _mpc: dict[str, Mpc] = field(default_factory=dict)
+    _restoring: asyncio.Task[None] | None = None
 
     def install(self) -> None:
         self.bus.subscribe(TransactionStarted, self._on_station_event)
@@ -134,16 +160,22 @@ class LoadController:
 
     async def _on_meter_values(self, event: MeterValuesReceived) -> None:
         # Every charging station sends these every few seconds: one small transaction, and
-        # nothing at all for a station whose site is not under load management.
+        # nothing at all for a station whose site is not under load management. The reading
+        # the give-back uses goes into the same transaction, and only when it changed
+        # (MeterWatch.to_store): no write, and no commit, of its own.
+        tx = event.transaction_id
+        store = None
+        if tx is not None and self.meters.saw((event.station_id, event.connector_id),
+                                              transaction_id=tx,
+                                              reading=reading_of(event.samples)):
+            store = self.meters.to_store(tx)
         site_id = await run_in_session(self.engine, _observe, station_id=event.station_id,
-                                       transaction_id=event.transaction_id,
-                                       samples=event.samples)
+                                       connector_id=event.connector_id, transaction_id=tx,
+                                       samples=event.samples, store=store)
         if site_id is None:
             return
-        if event.transaction_id is not None:
-            self.meters.saw((event.station_id, event.connector_id),
-                            transaction_id=event.transaction_id,
-                            reading=reading_of(event.samples))
+        if store is not None and tx is not None:
+            self.meters.stored(tx, offered_a=store[0], reading=store[1])
         self.request(site_id)
 
     async def _on_online(self, event: StationOnline) -> None:
@@ -196,8 +228,27 @@ class LoadController:
     # -------------------------------------------------------------- refresh
 
     def start(self) -> None:
-        """Refresh every site's profiles before they run out."""
-        self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
+        """Load the readings kept before a restart, and refresh every site's profiles before
+        they run out."""
+        loop = asyncio.get_running_loop()
+        self._restoring = loop.create_task(self.restore_readings())
+        self._refresher = loop.create_task(self._refresh_loop())
+
+    async def restore_readings(self) -> int:
+        """What open transactions' cars were last seen to draw, from the database: after a
+        restart a car that gave back counts at what it draws, not at its whole allocation,
+        until newer readings arrive. Returns how many were restored."""
+        rows = await run_in_session(self.engine, _open_readings)
+        restored = 0
+        for tx, offered, reading in rows:
+            restored += self.meters.restore(tx, offered_a=offered, reading=reading)
+        return restored
+
+    async def _restored(self) -> None:
+        task = self._restoring
+        if task is not None and not task.done():
+            with suppress(Exception):
+                await asyncio.shield(task)
 
     async def stop(self) -> None:
         if self._refresher is not None:
@@ -224,13 +275,23 @@ class LoadController:
             return await self._rebalance(site_id, refresh=refresh)
 
     async def _rebalance(self, site_id: str, *, refresh: bool) -> Decision | None:
+        await self._restored()
         now = utcnow()
         state = await run_in_session(self.engine, service.site_state, site_id=site_id, now=now)
         if state is None or not state.grid.enabled:
             return None
         planned = await self._plan(state, now)
-        decision = decide(state, planned=planned, now=now,
-                          observed=observations(state, self.meters))
+        observed = observations(state, self.meters)
+        if state.grid.policy == SitePolicy.mpc:
+            mpc = self._mpc.get(site_id)
+            if mpc is None or mpc.slot_s != self.settings.load_plan_slot_minutes * 60:
+                mpc = self._mpc[site_id] = site_mpc(self.settings.load_plan_slot_minutes)
+            # An LP, and now and then a small MILP: off the event loop.
+            decision = await asyncio.to_thread(decide, state, planned=planned, now=now,
+                                               observed=observed, mpc=mpc)
+        else:
+            self._mpc.pop(site_id, None)
+            decision = decide(state, planned=planned, now=now, observed=observed)
         self.last_decision[site_id] = decision
         changes = [
             (connector, decision.limits[connector.station_id, connector.connector_id])
@@ -455,26 +516,78 @@ def observations(state: SiteState, meters: MeterWatch) -> dict[tuple[str, int], 
     return out
 
 
+def site_mpc(slot_minutes: int) -> Mpc:
+    """A site's MPC as the controller runs it: the bench's settings (re-plan drift, overstay,
+    window weight, the exact packing), over slots of ``slot_minutes``."""
+    return Mpc(slot_s=slot_minutes * 60.0)
+
+
+def mpc_cars(
+    state: SiteState, *, planned: dict[tuple[str, int], planning.ConnectorPlan],
+    now: datetime,
+) -> tuple[list[Car], list[list[float]]]:
+    """The site's charging cars as the MPC sees them, and the kW per phase and slot their
+    charge plans take (see the module docstring): each car's departure and energy from its
+    plan, else the default estimate; what it has had from its meter values."""
+    voltage = state.grid.voltage_v
+    cars = []
+    reserved: list[list[float]] = [[], [], []]
+    for c in state.active:
+        key = (c.station_id, c.connector_id)
+        delivered = (c.delivered_wh or 0) / 1000
+        if c.plan is not None:
+            departure, stated = c.plan.departure_at, c.plan.energy_wh / 1000
+        else:
+            departure, stated = c.started_at + DEFAULT_STAY, DEFAULT_ENERGY_KWH
+        need = need_kwh(stated, delivered, noise=ESTIMATE_NOISE)
+        load = connector_load(
+            key, c.wiring, car_phases=c.vehicle_phases, priority=c.priority,
+            since=c.started_at.timestamp(), departure=departure.timestamp(),
+            energy_needed_wh=need * 1000)
+        plan = planned.get(key)
+        cars.append(Car(load, need, departure.timestamp(), delivered,
+                        None if plan is None else plan.now_a))
+        if plan is not None:
+            amps = [plan.now_a] + [a for _, a in plan.periods_a]
+            for phase in load.phases:
+                row = reserved[phase]
+                row.extend([0.0] * (len(amps) - len(row)))
+                for t, a in enumerate(amps):
+                    row[t] += a * voltage / 1000
+    return cars, reserved
+
+
 def decide(
     state: SiteState,
     *,
     planned: dict[tuple[str, int], planning.ConnectorPlan],
     now: datetime,
     observed: dict[tuple[str, int], Observation] | None = None,
+    mpc: Mpc | None = None,
 ) -> Decision:
     """Limits for every active connector (:func:`dispatch.dispatch`, the code the
     scheduling bench runs): cars seen drawing less than their pilot (``observed``, from
     :func:`observations`) give the rest back; planned connectors come first, up
     to their plan's pilot for now (a ceiling: a plan that waits for cheap hours is not
-    filled with dear ones); the others share what is left by the site's policy. Whole
-    amperes, 0 or from each connector's minimum."""
+    filled with dear ones); the others share what is left by the site's policy, or, under
+    the ``mpc`` policy, by the site's MPC (``mpc``, :meth:`load_manager.mpc.Mpc.decide`,
+    the bench's; a fresh one when None), over :func:`mpc_cars`. Whole amperes, 0 or from
+    each connector's minimum."""
     grid = grid_of(state)
-    loads = [load_of(c) for c in state.active]
-    result = dispatch(
-        grid, loads, Policy(state.grid.policy), now=now.timestamp(), step_a=STEP_A,
-        observed=observed or {}, targets={key: plan.now_a for key, plan in planned.items()},
-        target_policy=Policy.priority,
-    )
+    if state.grid.policy == SitePolicy.mpc:
+        # A fresh MPC (tests, one-off decisions) over the default slot of charge plans.
+        mpc = mpc if mpc is not None else site_mpc(15)
+        cars, reserved = mpc_cars(state, planned=planned, now=now)
+        result = mpc.decide(grid, cars, now.timestamp(), observed or {},
+                            reserved_kw=reserved)
+    else:
+        loads = [load_of(c) for c in state.active]
+        result = dispatch(
+            grid, loads, Policy(state.grid.policy), now=now.timestamp(), step_a=STEP_A,
+            observed=observed or {},
+            targets={key: plan.now_a for key, plan in planned.items()},
+            target_policy=Policy.priority,
+        )
     return Decision(
         site_id=state.site_id, grid=grid,
         limits={k: float(v) for k, v in result.pilots.items()},  # type: ignore[misc]
@@ -606,13 +719,27 @@ def _forget_limits(session: Session, *, station_id: str) -> None:
         session.delete(row)
 
 
-def _observe(session: Session, *, station_id: str, transaction_id: int | None,
-             samples: list[Any]) -> str | None:
-    """Learn from a managed station's meter values; returns its site (None: unmanaged)."""
+def _observe(session: Session, *, station_id: str, connector_id: int,
+             transaction_id: int | None, samples: list[Any],
+             store: tuple[float, Reading] | None = None) -> str | None:
+    """Learn from a managed station's meter values, and keep the reading ``store`` (pilot,
+    reading) for a restart; returns its site (None: unmanaged)."""
     site_id = service.managed_site(session, station_id=station_id)
     if site_id is not None and transaction_id is not None:
         service.observe_meter_values(session, transaction_id=transaction_id, samples=samples)
+        if store is not None:
+            offered, reading = store
+            service.store_meter_reading(
+                session, station_id=station_id, connector_id=connector_id,
+                transaction_id=transaction_id, offered_a=offered, current_a=reading.current_a,
+                power_w=reading.power_w, phase_power_w=reading.phase_power_w)
     return site_id
+
+
+def _open_readings(session: Session) -> list[tuple[int, float, Reading]]:
+    return [(r.transaction_id, r.offered_a,
+             Reading(current_a=r.current_a, power_w=r.power_w, phase_power_w=r.phase_power_w))
+            for r in service.open_meter_readings(session)]
 
 
 def _site_ids(session: Session) -> list[str]:

@@ -21,6 +21,14 @@ more than meters and cars normally differ (``UNDER_DRAW_A``) means it takes no m
 margin is larger than that difference by at least a step, so a car capped on what it draws
 stays capped instead of being offered more and less in turn.
 
+A held car is not stuck there: a car that draws its pilot minus an ampere or two (many on-board
+chargers keep such a margin, and meters differ) may still take much more. Capacity that no
+other car can use (what is left once every other car has what it can take) is offered to
+held cars above their pilot. One that shows it does not take the offer (it draws clearly
+less under it, and so gives back) has *refused* that pilot (``Observation.refused_a``): it is
+offered more again only above that pilot, or once ``REOFFER_S`` have passed, so a car that
+really takes no more costs one pilot up and down per ``REOFFER_S``, not one per meter value.
+
 The real-time controller (:mod:`load_manager.controller`) reads the observations from meter
 values (:mod:`load_manager.meters`: Current.Import per phase, or Power.Active.Import) under
 the pilot the station had accepted; the bench (:mod:`load_manager.realistic`) from its
@@ -32,7 +40,8 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+import threading
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -64,8 +73,10 @@ __all__ = [
     "connector_load",
     "counted_limit",
     "dispatch",
+    "gives_back",
     "pack",
     "plan_current",
+    "refused_pilot",
     "remaining_grid",
 ]
 
@@ -118,14 +129,39 @@ UNDER_DRAW_A = 1.0
 # meter value counts it again. A car drawing a little (the last minutes of a charge) is
 # counted at that plus the margin, like any car giving back.
 IDLE_A = 1e-3
+# A held car that refused spare capacity (gave back under a higher pilot) is offered it again
+# after this long (s), or at once when more is spare than it refused.
+REOFFER_S = 900.0
 
 
 @dataclass(frozen=True, slots=True)
 class Observation:
-    """What meter values say about a charging car: the pilot it had and what it drew."""
+    """What meter values say about a charging car: the pilot it had and what it drew, and the
+    highest pilot it was recently seen not to use (None: none within ``REOFFER_S``)."""
 
     offered_a: float
     drawn_a: float
+    refused_a: float | None = None
+
+
+def refused_pilot(seen: Iterable[tuple[float, float, float]], *, offered_a: float,
+                  now: float, reoffer_s: float = REOFFER_S) -> float | None:
+    """The highest pilot above ``offered_a`` that the car refused within ``reoffer_s`` before
+    ``now``: ``seen`` holds (pilot, what it drew under it, when), the latest per pilot."""
+    refused = None
+    for pilot, drawn, at in seen:
+        if (pilot > offered_a and now - at < reoffer_s
+                and gives_back(Observation(pilot, drawn))):
+            refused = pilot if refused is None else max(refused, pilot)
+    return refused
+
+
+def gives_back(observation: Observation | None) -> bool:
+    """Whether the car draws clearly less than its pilot, though not nothing: under that
+    pilot it has refused what it was offered (see ``Observation.refused_a``)."""
+    if observation is None:
+        return False
+    return IDLE_A <= observation.drawn_a < observation.offered_a - GIVE_BACK_THRESHOLD_A
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +178,8 @@ def counted_limit(observation: Observation | None, *, min_a: float) -> float | N
 
     0.0 means it draws nothing under a pilot of at least its minimum (full, or waiting). A
     car drawing less than its pilot by more than ``UNDER_DRAW_A`` but not by the threshold
-    is held at its pilot: it does not use all of it, so it is offered no more."""
+    is held at its pilot: it does not use all of it, so it is offered no more, except what
+    nobody else can use (:func:`dispatch`, step 5)."""
     if observation is None:
         return None
     offered, drawn = observation.offered_a, observation.drawn_a
@@ -223,6 +260,11 @@ def dispatch(
        ``policy`` (work-conserving: a plan never leaves capacity idle that a car could use).
        Without it a plan's target is a ceiling (a plan that waits for cheap hours must not
        be filled with expensive ones).
+    5. *Held cars* (drawing 1-3 A less than their pilot, held at it by steps 2-4) are
+       offered what is still left above their pilot, by ``policy``, unless it is no more
+       than the pilot they last refused (``Observation.refused_a``): capacity nobody else
+       can use, so offering it costs the others nothing, and a car that takes it is held
+       no longer.
 
     With ``exact`` (and ``fill``, every load planned), steps 2-4 are checked against a small
     mixed-integer programme (:func:`pack`) whenever the greedy passes leave a planned load
@@ -245,8 +287,16 @@ def dispatch(
     minimum = {load.key: load.min_a for load in loads}
     active: list[Load] = []
     small: set[Hashable] = set()
+    held: dict[Hashable, tuple[Load, float]] = {}  # the whole load, the pilot it refused
     for load in loads:
-        cap = counted_limit(observed.get(load.key), min_a=load.min_a)
+        seen = observed.get(load.key)
+        cap = counted_limit(seen, min_a=load.min_a)
+        if seen is not None and cap is not None and cap == seen.offered_a > 0:
+            refused = seen.refused_a if seen.refused_a is not None else 0.0
+            whole = load
+            if not fill and load.key in targets:  # a plan's target is a ceiling
+                whole = replace(load, max_a=min(load.max_a, max(0.0, targets[load.key])))
+            held[load.key] = (whole, max(refused, cap))
         if cap is None:
             active.append(load)
         elif _floor_step(load.max_a, step_a) < load.min_a - _EPS:
@@ -306,10 +356,41 @@ def dispatch(
                           step_a=step_a, start=x)
             if better is not None:
                 x = better
+    if held:
+        x = _offer_spare(grid, active, x, held, policy, now=now, step_a=step_a)
     for key, amps in x.items():
         counted[key] = amps
         pilots[key] = 0.0 if amps <= 0 else max(amps, _ceil_step(minimum[key], step_a))
     return Dispatch(pilots=pilots, counted=counted)
+
+
+def _offer_spare(grid: Grid, active: Sequence[Load], x: dict[Hashable, float],
+                 held: Mapping[Hashable, tuple[Load, float]], policy: Policy | Rule, *,
+                 now: float | None, step_a: float) -> dict[Hashable, float]:
+    """What is left of ``grid`` after ``x``, offered to the held cars that have their whole
+    held pilot, up to their maximum; an offer no higher than the pilot a car refused is not
+    made (it would be refused again)."""
+    left = remaining_grid(grid, active, x)
+    extra = []
+    for load in active:
+        entry = held.get(load.key)
+        if entry is None:
+            continue
+        whole, _ = entry
+        have = x.get(load.key, 0.0)
+        if have < load.max_a - _EPS or have <= 0:
+            continue  # not held back by its hold: the others or the limits keep it there
+        room = _floor_step(whole.max_a - have, step_a)
+        if room >= step_a:
+            extra.append(replace(whole, min_a=0.0, max_a=room))
+    if not extra:
+        return x
+    more = allocate(left, extra, policy, now=now, step_a=step_a)
+    out = dict(x)
+    for key, amps in more.items():
+        if amps > 0 and x[key] + amps > held[key][1] + _EPS:
+            out[key] = round(x[key] + amps, 9)
+    return out
 
 
 # Weights of :func:`pack`'s objective, per ampere on one phase: a planned ampere missed costs
@@ -343,8 +424,14 @@ def _could_do_better(grid: Grid, loads: Sequence[Load], x: Mapping[Hashable, flo
 def _quiet_stdout() -> Iterator[None]:
     """File descriptor 1 to /dev/null while HiGHS runs: its MIP solver now and then prints a
     line to stdout whatever its settings (ERGO-Code/HiGHS#2783), which would corrupt a
-    bench's --json output. The exact packing runs in the bench and the simulator, one thread;
-    the real-time controller does not use it."""
+    bench's --json output. Only in the main thread: the bench and the simulator run there;
+    the real-time controller packs in worker threads and leaves stdout alone."""
+    if threading.current_thread() is not threading.main_thread():
+        # Another thread (the controller's decisions run in worker threads of a server
+        # whose other threads write to stdout) must never take fd 1 from them: a stray
+        # HiGHS line in a server's log is harmless.
+        yield
+        return
     sys.stdout.flush()
     saved = os.dup(1)
     try:

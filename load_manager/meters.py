@@ -10,9 +10,21 @@ the pilot's first period ran out (a plan's later periods change it without a com
 older reading under an earlier pilot is kept meanwhile: what a car drew under one pilot
 still tells what it takes.
 
-Kept in memory, not in the database: after a restart, or when a station reconnects (its
-profiles may be gone), nothing is known until the next pilot and meter value, and every car
-is counted at its whole allocation, the safe side.
+Kept in memory, and the latest reading of each transaction also in the database
+(``meter_reading``, one row per connector, see :meth:`MeterWatch.to_store`), so that after a
+restart of the service a car that gave back is still counted at what it draws
+(:meth:`MeterWatch.restore`) and not at its whole allocation until its next pilot has
+settled. Writes are throttled: a row is written only when the pilot it was taken under
+changes or what the car draws moves by ``STORE_DELTA_A`` (a car drawing steadily writes
+nothing more), and always in the transaction that already records the meter values (no
+commit of its own). When a station reconnects while the service runs (its profiles may be
+gone), its pilots and readings are forgotten: nothing is known until the next pilot and meter
+value. Readings restored at start belong to no pilot, so the stations reconnecting to the
+restarted service keep them until newer ones arrive.
+
+Each transaction also keeps the latest reading under each pilot for ``REOFFER_S``: a car
+that drew clearly less under a higher pilot than it has now refused that pilot
+(``Observation.refused_a``), and a held car is offered more only above it.
 """
 
 from __future__ import annotations
@@ -23,12 +35,14 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from load_manager.dispatch import Observation
+from load_manager.dispatch import REOFFER_S, Observation, refused_pilot
 
 # IEC 61851-1: a car follows a change of the pilot within 5 s.
 PILOT_SETTLE_S = 5.0
 _PHASES = ("L1", "L2", "L3")
 _OUTLET = ("Outlet", "")
+# A stored reading is written again only when what the car draws moves by this much (A).
+STORE_DELTA_A = 0.5
 # Samples taken when no pilot applied yet, or after the car stopped.
 _SKIPPED_CONTEXTS = ("Transaction.Begin", "Transaction.End")
 
@@ -104,6 +118,12 @@ class MeterWatch:
     clock: Callable[[], float] = time.monotonic
     _pilots: dict[Hashable, _Pilot] = field(default_factory=dict)
     _seen: dict[int, tuple[float, Reading]] = field(default_factory=dict)
+    # Per transaction: the latest reading under each pilot, and when (for refusals).
+    _under: dict[int, dict[float, tuple[Reading, float]]] = field(default_factory=dict)
+    # Per transaction: the (pilot, A) last written to the database.
+    _stored: dict[int, tuple[float, float | None]] = field(default_factory=dict)
+    # Transactions whose reading was restored from the database and not yet replaced.
+    _restored: set[int] = field(default_factory=set)
 
     def pilot(self, key: Hashable, *, transaction_id: int, amps: float,
               lasts_s: float | None = None) -> None:
@@ -126,10 +146,15 @@ class MeterWatch:
         for key in [k for k in self._pilots
                     if isinstance(k, tuple) and k and k[0] == station_id]:
             tx = self._pilots.pop(key).transaction_id
-            self._seen.pop(tx, None)
+            if tx not in self._restored:  # the reconnection that follows our restart
+                self._seen.pop(tx, None)
+            self._under.pop(tx, None)
 
     def forget_transaction(self, transaction_id: int) -> None:
         self._seen.pop(transaction_id, None)
+        self._under.pop(transaction_id, None)
+        self._stored.pop(transaction_id, None)
+        self._restored.discard(transaction_id)
         for key in [k for k, p in self._pilots.items() if p.transaction_id == transaction_id]:
             del self._pilots[key]
 
@@ -142,6 +167,43 @@ class MeterWatch:
                 or now - pilot.since < self.settle_s or now >= pilot.until):
             return False
         self._seen[transaction_id] = (pilot.amps, reading)
+        self._restored.discard(transaction_id)
+        under = self._under.setdefault(transaction_id, {})
+        under[pilot.amps] = (reading, now)
+        for amps in [a for a, (_, at) in under.items() if now - at >= REOFFER_S]:
+            del under[amps]
+        return True
+
+    def to_store(self, transaction_id: int) -> tuple[float, Reading] | None:
+        """The transaction's latest (pilot, reading) when it should be written to the
+        database: its pilot changed, or what it draws moved by ``STORE_DELTA_A``, since the
+        last write; None when the stored row still says the same."""
+        seen = self._seen.get(transaction_id)
+        if seen is None:
+            return None
+        offered, reading = seen
+        amps = reading.drawn_a(phases=1, voltage_v=230.0)  # one scale for every reading
+        last = self._stored.get(transaction_id)
+        if last is not None and last[0] == offered and (
+                (last[1] is None and amps is None)
+                or (last[1] is not None and amps is not None
+                    and abs(last[1] - amps) < STORE_DELTA_A)):
+            return None
+        return offered, reading
+
+    def stored(self, transaction_id: int, *, offered_a: float, reading: Reading) -> None:
+        """The database now holds this (pilot, reading) for the transaction."""
+        self._stored[transaction_id] = (offered_a,
+                                        reading.drawn_a(phases=1, voltage_v=230.0))
+
+    def restore(self, transaction_id: int, *, offered_a: float, reading: Reading) -> bool:
+        """A reading kept in the database before a restart; ignored when a newer one is
+        known. It belongs to no pilot: only the next settled pilot's readings replace it."""
+        if transaction_id in self._seen:
+            return False
+        self._seen[transaction_id] = (offered_a, reading)
+        self._restored.add(transaction_id)
+        self.stored(transaction_id, offered_a=offered_a, reading=reading)
         return True
 
     def observation(self, transaction_id: int, *, phases: int | None, voltage_v: float
@@ -152,4 +214,12 @@ class MeterWatch:
             return None
         offered, reading = seen
         drawn = reading.drawn_a(phases=phases, voltage_v=voltage_v)
-        return None if drawn is None else Observation(offered_a=offered, drawn_a=drawn)
+        if drawn is None:
+            return None
+        history = []
+        for amps, (under, at) in self._under.get(transaction_id, {}).items():
+            got = under.drawn_a(phases=phases, voltage_v=voltage_v)
+            if got is not None:
+                history.append((amps, got, at))
+        refused = refused_pilot(history, offered_a=offered, now=self.clock())
+        return Observation(offered_a=offered, drawn_a=drawn, refused_a=refused)

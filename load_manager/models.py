@@ -15,7 +15,17 @@ from sqlalchemy import JSON, Column, Index, Numeric, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from chargedesk.types import EnumText, UTCDateTime, utcnow
-from load_manager.allocation import Policy
+
+
+class SitePolicy(StrEnum):
+    """How a site's capacity is shared: one of the allocator's rules
+    (:class:`load_manager.allocation.Policy`), or ``mpc``, the online MPC the realistic
+    scheduling bench measures (:mod:`load_manager.mpc`)."""
+
+    equal_share = "equal_share"
+    priority = "priority"
+    least_laxity = "least_laxity"
+    mpc = "mpc"
 
 
 class SiteGrid(SQLModel, table=True):
@@ -29,7 +39,7 @@ class SiteGrid(SQLModel, table=True):
     # Aggregate limit in kW; either this or the phase limit (or both) must be set.
     power_limit_kw: float | None = None
     voltage_v: float = 230.0
-    policy: Policy = Field(default=Policy.equal_share, sa_type=EnumText(Policy))
+    policy: SitePolicy = Field(default=SitePolicy.equal_share, sa_type=EnumText(SitePolicy))
     # False: the site is monitored but no profiles are sent.
     enabled: bool = True
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
@@ -132,6 +142,25 @@ class AllocationState(SQLModel, table=True):
     verified: bool | None = None
     decided_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     applied_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class MeterReading(SQLModel, table=True):
+    """The latest reading of a connector's car under the pilot its station had accepted: the
+    give-back's memory across a restart (:mod:`load_manager.meters`). One row per connector,
+    written only when the pilot or what the car draws changes."""
+
+    __tablename__ = "meter_reading"
+
+    station_id: str = Field(primary_key=True, max_length=48)
+    connector_id: int = Field(primary_key=True)
+    transaction_id: int
+    # The pilot (A per phase) the reading was taken under.
+    offered_a: float
+    # The reading (meters.Reading): the busiest phase's current, or power.
+    current_a: float | None = None
+    power_w: float | None = None
+    phase_power_w: float | None = None
+    taken_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
 class PlanStatus(StrEnum):

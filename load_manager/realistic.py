@@ -51,14 +51,19 @@ meter values, as the real-time controller rebalances on meter values), and the s
 charged at the second decision's pilots. Every decision, all schedulers but uncontrolled, goes
 through :func:`load_manager.dispatch.dispatch` with whole amperes and the 6 A minimum, each car
 made a load by :func:`load_manager.dispatch.connector_load` from its station's wiring: the code
-the real-time controller runs, with the same give-back rule.
+the real-time controller runs, with the same give-back rule (and the same second chance for
+held cars: what nobody else can use is offered to them, except a pilot they refused within
+``dispatch.REOFFER_S``, remembered per car as the controller's meter watch does).
 
 The schedulers
 --------------
 - ``uncontrolled``: every car at its maximum; the limits are only counted.
 - ``equal_share``, ``least_laxity``, ``earliest_deadline``: the allocator's rules each slot, with
   the stated departure and the stated energy minus what was delivered.
-- ``mpc``: an LP (:func:`load_manager.lp.solve`) over every present car's stated need and
+- ``mpc``: :class:`load_manager.mpc.Mpc`, the very object the real-time controller keeps for
+  each site under its ``mpc`` policy (the bench supplies the cars' stated figures, the
+  controller their charge plans or its default estimates): an LP
+  (:func:`load_manager.lp.solve`) over every present car's stated need and
   departure under the phase limits: the most energy, then the earliest, with each car's
   lateness also measured against its own window (``WINDOW_WEIGHT``: the car leaving first is
   served first among equally good plans). Its current slot becomes pilots by
@@ -118,7 +123,16 @@ from load_manager.dispatch import (
     connector_load,
     counted_limit,
     dispatch,
-    plan_current,
+    refused_pilot,
+)
+from load_manager.mpc import (
+    OVERSTAY_S,
+    REPLAN_DRIFT_KWH,
+    WINDOW_WEIGHT,
+    Car,
+    Mpc,
+    need_kwh,
+    site_problem,
 )
 from load_manager.simulation import SLOT_MINUTES, Session, SessionSet
 
@@ -146,12 +160,9 @@ SERVED_TOLERANCE_KWH = 0.01
 # finishes within a slot and is then counted as drawing nothing may still draw a trace of
 # current on average over it; see dispatch.IDLE_A), not a violation.
 LIMIT_TOLERANCE_A = 1e-3
-# MPC: how long a car still there at its stated departure is taken to stay (slots), and how
-# far a car's delivery may drift from its plan before the plan is made again (kWh).
-OVERSTAY_SLOTS = 3
-REPLAN_DRIFT_KWH = 0.5
-# MPC: the weight of each car's own window in the LP's earliness tie-break (lp.solve).
-WINDOW_WEIGHT = 1.0
+# MPC: how long a car still there at its stated departure is taken to stay (slots); the
+# drift that makes a re-plan and the LP's window weight are the MPC's own (load_manager.mpc).
+OVERSTAY_SLOTS = round(OVERSTAY_S / (SLOT_MINUTES * 60))
 # MPC: arrivals to expect, learnt from the site's own history (see ArrivalForecast).
 SLOTS_PER_DAY = 24 * 60 // SLOT_MINUTES
 FORECAST_DAYS = 14  # how far back the history reaches
@@ -456,39 +467,18 @@ def _uncontrolled(run: _Run) -> Decide:
 
 class _Planner:
     """The MPC (stated figures, re-planned) or the offline optimum (truth, planned once):
-    an LP's current slot made into pilots with error feedback, then dispatched."""
+    :class:`load_manager.mpc.Mpc`, the real-time controller's own, over the present cars."""
 
     def __init__(self, run: _Run, *, offline: bool, replan_drift_kwh: float,
                  overstay_slots: int, delay_cost: float, window_weight: float = WINDOW_WEIGHT,
                  extra_need: str = "mid", forecast: bool = False, exact: bool = True) -> None:
         self.run = run
-        self.exact = exact
         self.forecast = ArrivalForecast(run.fleet) if forecast and not offline else None
         self.offline = offline
-        self.drift = replan_drift_kwh
-        self.overstay = overstay_slots
-        self.delay_cost = delay_cost
-        self.window_weight = window_weight
         self.extra_need = extra_need
-        self.plan: lp.Plan | None = None
-        self.first = 0  # the session slot of the plan's slot 0
-        self.row: dict[int, int] = {}
-        self.cum: FloatArray = np.zeros((0, 0))  # kWh planned before each slot
-        self.base: FloatArray = np.zeros(len(run.fleet))  # delivered when planned
-        self.planned_for: frozenset[int] = frozenset()
-        self.until: dict[int, int] = {}  # the departure slot each car was planned with
-        self.capped: set[int] = set()  # cars planned at what they were seen to take
-
-    # -- planning
-
-    def _adopt(self, plan: lp.Plan, first: int) -> None:
-        self.plan, self.first = plan, first
-        self.row = {int(k): j for j, k in enumerate(plan.keys)  # type: ignore[call-overload]
-                    if not isinstance(k, tuple)}
-        dt = plan.slot_minutes / 60
-        self.cum = np.concatenate([np.zeros((len(plan.keys), 1)),
-                                   np.cumsum(plan.power_kw, axis=1) * dt], axis=1)
-        self.base = self.run.delivered.copy()
+        self.mpc = Mpc(slot_s=SLOT_SECONDS, replan_drift_kwh=replan_drift_kwh,
+                       overstay_s=overstay_slots * SLOT_SECONDS, window_weight=window_weight,
+                       delay_cost=delay_cost, exact=exact, replans=run.replans)
 
     def plan_offline(self, start: int, end: int) -> None:
         f = self.run.fleet
@@ -503,128 +493,59 @@ class _Planner:
                         minimise_cost=False)
         self.run.replans.append(time.perf_counter() - t0)
         self.run.lp_bound_kwh = plan.total_energy_kwh
-        self._adopt(plan, start)
-
-    def _replan(self, slot: int, ids: IntArray, observed: Mapping[Hashable, Observation]
-                ) -> None:
-        f = self.run.fleet
-        t0 = time.perf_counter()
-        vehicles = []
-        self.until, self.capped = {}, set()
-        for i in (int(i) for i in ids):
-            need = self.need(i)
-            cap = counted_limit(observed.get(i), min_a=MIN_A)
-            if cap is not None:
-                self.capped.add(i)
-            if need <= 1e-6 or cap == 0.0:
-                continue
-            until = int(f.stated_departure[i])
-            if until <= slot:
-                until = slot + self.overstay
-            amps = float(f.max_a[i]) if cap is None else min(float(f.max_a[i]), cap)
-            self.until[i] = until
-            vehicles.append(lp.Vehicle(i, 0, until - slot, need, amps * float(f.kw_per_a[i]),
-                                       f.phases[i]))
-        if self.forecast is not None and vehicles:
-            vehicles += self.forecast.vehicles(slot)
-        problem = site_problem(self.run.grid, vehicles, SLOT_MINUTES)
-        plan = lp.solve(problem, minimise_cost=False, delay_cost=self.delay_cost,
-                        window_weight=self.window_weight)
-        self.run.replans.append(time.perf_counter() - t0)
-        self.planned_for = frozenset(int(i) for i in ids)
-        self._adopt(plan, slot)
+        self.mpc.adopt(plan, start * SLOT_SECONDS, base={})
 
     def need(self, i: int) -> float:
         """What car ``i`` still needs, as far as the scheduler can tell (kWh)."""
-        f, delivered = self.run.fleet, float(self.run.delivered[i])
-        stated = float(f.stated_kwh[i])
-        if delivered < stated or self.extra_need == "none":
-            return stated - delivered
-        # Past its stated energy and still drawing: the truth lies between what it has had
-        # and the most a statement this far off could hide.
-        most = stated / (1 - ENERGY_NOISE)
-        rest = most - delivered if self.extra_need == "max" else (most - delivered) / 2
-        return max(rest, 0.0)
+        f = self.run.fleet
+        return need_kwh(float(f.stated_kwh[i]), float(self.run.delivered[i]),
+                        noise=ENERGY_NOISE, extra=self.extra_need)
 
-    def _needs_replan(self, slot: int, ids: IntArray,
-                      observed: Mapping[Hashable, Observation]) -> bool:
-        if self.plan is None or frozenset(int(i) for i in ids) != self.planned_for:
-            return True
-        k = slot - self.first
+    def cars(self, slot: int, ids: IntArray) -> list[Car]:
+        f, run = self.run.fleet, self.run
+        out = []
         for i in (int(i) for i in ids):
-            if i in self.until and slot >= self.until[i]:
-                return True  # still here at the departure it was planned with
-            if i not in self.capped and counted_limit(observed.get(i), min_a=MIN_A) is not None:
-                return True  # started taking less than offered
-            j = self.row.get(i)
-            if j is not None and k <= self.cum.shape[1] - 1:
-                drift = self.cum[j, k] - (self.run.delivered[i] - self.base[i])
-                if abs(drift) > self.drift:
-                    return True
-        return False
-
-    # -- deciding
+            if self.offline:
+                departure, need = float(f.departure[i]), 0.0  # never re-planned
+            else:
+                departure, need = float(f.stated_departure[i]), self.need(i)
+            out.append(Car(run.load(i, slot, truth=self.offline), need,
+                           departure * SLOT_SECONDS, float(run.delivered[i])))
+        return out
 
     def __call__(self, slot: int, ids: IntArray, observed: Mapping[Hashable, Observation],
                  again: bool) -> dict[int, float]:
-        if self.forecast is not None and not again:
+        forecast = self.forecast
+        if forecast is not None and not again:
             for i in ids:
                 if int(self.run.fleet.arrival[i]) == slot:
-                    self.forecast.observe(int(i))
-        if not self.offline and not again and self._needs_replan(slot, ids, observed):
-            self._replan(slot, ids, observed)
-        assert self.plan is not None
-        f, run = self.run.fleet, self.run
-        k = slot - self.first
-        targets: dict[Hashable, float] = {}
-        for i in (int(i) for i in ids):
-            j = self.row.get(i)
-            if j is None or k >= self.plan.power_kw.shape[1]:
-                targets[i] = 0.0
-                continue
-            behind = self.cum[j, k] - (run.delivered[i] - self.base[i])
-            per_amp = float(f.kw_per_a[i]) * SLOT_HOURS
-            targets[i] = plan_current(float(self.plan.power_kw[j, k]), phases=int(f.n_phases[i]),
-                                      voltage_v=VOLTAGE_V, min_a=MIN_A, step_a=STEP_A,
-                                      carry_a=behind / per_amp)
-        loads = [run.load(int(i), slot, truth=self.offline) for i in ids]
-        result = dispatch(run.grid, loads, Rule.least_laxity, now=slot * SLOT_SECONDS,
-                          step_a=STEP_A, observed=observed, targets=targets,
-                          target_policy=Rule.least_laxity, fill=True, exact=self.exact)
+                    forecast.observe(int(i))
+        extra = None if forecast is None else (lambda: forecast.vehicles(slot))
+        result = self.mpc.decide(self.run.grid, self.cars(slot, ids), slot * SLOT_SECONDS,
+                                 observed, again=again, replan=not self.offline, extra=extra)
         return result.pilots  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- one re-plan
 
 
-def site_problem(grid: Grid, vehicles: Sequence[lp.Vehicle], slot_minutes: float
-                 ) -> lp.Problem:
-    """The LP of a site's phase limits (kW of each phase) over the vehicles' windows."""
-    slots = max((v.departure_slot for v in vehicles), default=1)
-    phase_kw = [[limit * grid.voltage_v / 1000] * slots for limit in grid.phase_limit_a]
-    return lp.Problem(slot_minutes, [sum(row[0] for row in phase_kw)] * slots, vehicles, None,
-                      phase_kw)
-
-
 def replan(grid: Grid, loads: Sequence[Load], vehicles: Sequence[lp.Vehicle], *,
            slot_minutes: float, now: float, observed: Mapping[Hashable, Observation],
            window_weight: float = WINDOW_WEIGHT, exact: bool = True
            ) -> tuple[lp.Plan, Dispatch]:
-    """What the MPC does on an event: the LP over every car's need, then this slot's
-    pilots (planned targets, then what is left, least laxity first). ``loads`` and
-    ``vehicles`` share keys; a load without a vehicle is planned at 0 and only filled."""
-    plan = lp.solve(site_problem(grid, vehicles, slot_minutes), minimise_cost=False,
-                    window_weight=window_weight)
-    planned = set(plan.keys)
-    targets: dict[Hashable, float] = {}
-    for load in loads:
-        kw = float(plan.row(load.key)[0]) if load.key in planned else 0.0
-        targets[load.key] = plan_current(kw, phases=len(load.phases), voltage_v=grid.voltage_v,
-                                         min_a=load.min_a, step_a=STEP_A)
-    result = dispatch(grid, loads, Rule.least_laxity, now=now, step_a=STEP_A,
-                      observed=observed, targets=targets, target_policy=Rule.least_laxity,
-                      fill=True, exact=exact)
-    return plan, result
+    """What the MPC does on an event, timed by the bench: :meth:`Mpc.decide` from a fresh
+    state (a re-plan: the LP over every car's need, then this slot's pilots). ``loads`` and
+    ``vehicles`` share keys (a vehicle's window and need are the car's; its power is the
+    load's); a load without a vehicle needs nothing and is only filled."""
+    by_key = {v.key: v for v in vehicles}
+    slot_s = slot_minutes * 60
+    cars = [Car(load, by_key[load.key].energy_kwh if load.key in by_key else 0.0,
+                now + (by_key[load.key].departure_slot if load.key in by_key else 1) * slot_s)
+            for load in loads]
+    mpc = Mpc(slot_s=slot_s, window_weight=window_weight, exact=exact)
+    result = mpc.decide(grid, cars, now, observed)
+    assert mpc.plan is not None
+    return mpc.plan, result
 
 
 def synthetic_site(vehicles: int = 500, *, seed: int = 0, slot_minutes: int = 15,
@@ -765,6 +686,17 @@ def simulate(fleet: Fleet, capacity_kw: float, algorithm: Algorithm, *,
         incidence[i, list(phases)] = 1.0
     offered = np.zeros(len(fleet))
     drawn = np.zeros(len(fleet))
+    # Per car: the latest draw under each pilot, and when (s): what it refused, as the
+    # controller's meter watch keeps it (dispatch.refused_pilot).
+    under: dict[int, dict[float, tuple[float, float]]] = defaultdict(dict)
+
+    def observation(i: int, pilot: float, draw: float, at: float, now: float) -> Observation:
+        seen = under[i]
+        seen[pilot] = (draw, at)
+        refused = refused_pilot(((p, d, at) for p, (d, at) in seen.items()),
+                                offered_a=pilot, now=now)
+        return Observation(pilot, draw, refused)
+
     decisions: list[float] = []
     second_passes = 0
     present: set[int] = set()
@@ -775,7 +707,9 @@ def simulate(fleet: Fleet, capacity_kw: float, algorithm: Algorithm, *,
         if not present:
             continue
         ids = np.array(sorted(present), dtype=np.int64)
-        before = {int(i): Observation(float(offered[i]), float(drawn[i]))
+        now = slot * SLOT_SECONDS
+        before = {int(i): observation(int(i), float(offered[i]), float(drawn[i]),
+                                      now - SLOT_SECONDS, now)
                   for i in ids if offered[i] > 0}
         accepts = fleet.acceptance_a(ids, delivered[ids])
         t0 = time.perf_counter()
@@ -783,7 +717,7 @@ def simulate(fleet: Fleet, capacity_kw: float, algorithm: Algorithm, *,
         draw = np.minimum(pilots, accepts)
         # Meter values within the slot: a car newly taking clearly less than its pilot gives
         # the rest back, and the slot is decided again.
-        seen = {int(i): Observation(float(p), float(d))
+        seen = {int(i): observation(int(i), float(p), float(d), now, now)
                 for i, p, d in zip(ids, pilots, draw, strict=True) if p > 0}
         if any(counted_limit(obs, min_a=MIN_A) is not None
                and counted_limit(before.get(i), min_a=MIN_A) is None

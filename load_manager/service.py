@@ -24,9 +24,10 @@ from load_manager.models import (
     ChargePlan,
     ConnectorWiring,
     LoadForecast,
+    MeterReading,
     PlanStatus,
-    Policy,
     SiteGrid,
+    SitePolicy,
     StationCapability,
     TagPriority,
     VehicleObservation,
@@ -95,7 +96,7 @@ def set_site_grid(
     phase_limit_a: float | None,
     power_limit_kw: float | None,
     voltage_v: float = 230.0,
-    policy: Policy = Policy.equal_share,
+    policy: SitePolicy = SitePolicy.equal_share,
     enabled: bool = True,
 ) -> SiteGrid:
     """Set (or replace) a site's grid connection limits and sharing policy."""
@@ -110,7 +111,7 @@ def set_site_grid(
         raise InvalidSetting(f"voltage_v is phase-to-neutral, 100-300 V, not {voltage_v}")
     row = session.get(SiteGrid, site_id) or SiteGrid(site_id=site_id)
     row.phase_limit_a, row.power_limit_kw, row.voltage_v = phase_limit_a, power_limit_kw, voltage_v
-    row.policy, row.enabled, row.updated_at = Policy(policy), enabled, utcnow()
+    row.policy, row.enabled, row.updated_at = SitePolicy(policy), enabled, utcnow()
     session.add(row)
     session.flush()
     return row
@@ -317,6 +318,40 @@ def observe_meter_values(
     session.add(row)
     session.flush()
     return row
+
+
+def store_meter_reading(
+    session: Session, *, station_id: str, connector_id: int, transaction_id: int,
+    offered_a: float, current_a: float | None, power_w: float | None,
+    phase_power_w: float | None,
+) -> None:
+    """Keep the latest reading of the connector's car under its pilot (one row per
+    connector, replaced), for the give-back after a restart (:mod:`load_manager.meters`)."""
+    key = (station_id, connector_id)
+    row = session.get(MeterReading, key)
+    values = {"transaction_id": transaction_id, "offered_a": offered_a,
+              "current_a": current_a, "power_w": power_w, "phase_power_w": phase_power_w,
+              "taken_at": utcnow()}
+    if row is None:
+        # Two stores for a new connector can race: the second takes the first's row.
+        insert_ignore(session, MeterReading, [{"station_id": station_id,
+                                                "connector_id": connector_id, **values}],
+                      key=("station_id", "connector_id"))
+        row = session.get(MeterReading, key)
+        assert row is not None
+    for name, value in values.items():
+        setattr(row, name, value)
+    session.add(row)
+    session.flush()
+
+
+def open_meter_readings(session: Session) -> Sequence[MeterReading]:
+    """The stored readings of transactions still open (what a restart starts from)."""
+    return session.exec(
+        select(MeterReading)
+        .join(Transaction, col(Transaction.id) == MeterReading.transaction_id)
+        .where(col(Transaction.stop_timestamp).is_(None))
+    ).all()
 
 
 def record_allocation(

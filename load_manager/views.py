@@ -13,7 +13,13 @@ from chargedesk.auth import OperatorUser, SessionDep, StaffUser
 from chargedesk.db import run_in_session
 from load_manager import service, support
 from load_manager.controller import Decision, LoadController
-from load_manager.models import AllocationState, ConnectorWiring, Policy, SiteGrid, TagPriority
+from load_manager.models import (
+    AllocationState,
+    ConnectorWiring,
+    SiteGrid,
+    SitePolicy,
+    TagPriority,
+)
 
 router = APIRouter(prefix="/api/v1/load", tags=["load"])
 
@@ -29,7 +35,8 @@ class GridIn(BaseModel):
     phase_limit_a: float | None = Field(None, gt=0, le=10_000)
     power_limit_kw: float | None = Field(None, gt=0, le=100_000)
     voltage_v: float = Field(230.0, ge=100, le=300)
-    policy: Policy = Policy.equal_share
+    # The MPC the scheduling bench measures, unless the operator picks an allocator rule.
+    policy: SitePolicy = SitePolicy.mpc
     enabled: bool = True
 
 

@@ -13,6 +13,11 @@
   their case; the desk's inbox reads the driver's message from it, and agents' replies go
   to the channel the driver wrote on last. A driver who started in the web chat and goes on
   by SMS is answered by SMS.
+- A ticket from a phone call asks for its rating by SMS (a caller is answered by text). The
+  texted answer comes in on the number's SMS conversation, not the call's: that conversation
+  joins the ticket, paused, before the assistant sees the text (:func:`follow_rating`, for
+  any number, known driver or not), so the answer is the rating and never a question for
+  the bot; once the rating is done the bot has the number again.
 """
 
 from __future__ import annotations
@@ -29,12 +34,18 @@ from sqlmodel import Session, col, select
 from assistant import contacts
 from assistant.contact_models import Contact
 from assistant.dialogue import store
-from assistant.models import ConversationEvent
+from assistant.models import Conversation, ConversationEvent
 from chargedesk.auth import SessionDep
 from support import service
 from support.auth import Staff
 from support.console import PageAgent, _context, _render
-from support.models import ACTIVE_STATUSES, Ticket, TicketConversation, TicketStatus
+from support.models import (
+    ACTIVE_STATUSES,
+    CsatState,
+    Ticket,
+    TicketConversation,
+    TicketStatus,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -162,6 +173,70 @@ def follow(session: Session, *, channel: str, sender: str, contact_id: int, now:
                              language=ticket.language or None)
 
 
+# Where a question asked on one channel is answered: the channel a driver's answer comes in
+# on, and the channels whose conversations are answered through it (a call, by text).
+ANSWERED_BY = {"sms": ("voice",)}
+AWAITING = (CsatState.asked, CsatState.comment)
+
+
+def follow_rating(session: Session, *, channel: str, sender: str, now: Any,
+                  expiry: timedelta | None = None) -> contacts.Followed | None:
+    """A text from a number whose call's ticket awaits its rating (the question went to
+    the number by SMS): put the number's SMS conversation on that ticket, paused, before
+    the assistant sees the text, so the desk's inbox reads it as the answer. Any number,
+    known driver or not: the question went to it. Nothing to tell the driver (``quiet``).
+
+    None when no such ticket waits, the conversation is on it already, or the conversation
+    is on another active ticket (people, or the bot, have it for something else)."""
+    asked_on = ANSWERED_BY.get(channel)
+    if not asked_on:
+        return None
+    ticket = session.exec(
+        select(Ticket)
+        .join(TicketConversation, col(TicketConversation.ticket_id) == Ticket.id)
+        .join(Conversation, col(Conversation.id) == TicketConversation.conversation_id)
+        .where(col(Conversation.channel).in_(asked_on), col(Conversation.sender) == sender,
+               col(Ticket.csat_state).in_(list(AWAITING)),
+               col(Ticket.status) == TicketStatus.resolved,
+               col(Ticket.merged_into_id).is_(None))
+        .order_by(col(Ticket.csat_asked_at).desc(), col(Ticket.id).desc())).first()
+    if ticket is None or ticket.id is None:
+        return None
+    conversation = store.get_conversation(session, channel=channel, sender=sender)
+    link = (session.get(TicketConversation, conversation.id)
+            if conversation is not None else None)
+    if link is not None and (link.ticket_id == ticket.id
+                             or _active(session, link.ticket_id) is not None):
+        return None
+    expiry = expiry or timedelta(minutes=30)
+    if conversation is None:
+        conversation = contacts.open_conversation(session, channel=channel, sender=sender,
+                                                  expiry=expiry, now=now)
+        asked = next((c for c in service.conversations_of(session, ticket_id=ticket.id)
+                      if c.channel in asked_on and c.sender == sender), None)
+        if asked is not None and asked.language != conversation.language:
+            conversation.language = asked.language  # the thanks in the call's language
+            session.add(conversation)
+    assert conversation.id is not None
+    last = session.exec(select(func.max(ConversationEvent.id)).where(
+        ConversationEvent.conversation_id == conversation.id)).one() or 0
+    if link is None:
+        session.add(TicketConversation(conversation_id=conversation.id, ticket_id=ticket.id,
+                                       last_event_id=int(last)))
+    else:  # on a ticket closed since
+        link.ticket_id, link.last_event_id = ticket.id, max(link.last_event_id, int(last))
+        session.add(link)
+    service.pause(session, conversation=conversation, now=now)
+    service.add_event(session, ticket=ticket, kind="channel", actor=service.SYSTEM, now=now,
+                      text=f"the rating question is answered by {channel}",
+                      data={"conversation_id": conversation.id, "channel": channel})
+    session.flush()
+    log.info("rating answer expected by text", ticket_id=ticket.id, channel=channel,
+             conversation_id=conversation.id)
+    return contacts.Followed(ticket_id=ticket.id, paused=True,
+                             language=ticket.language or None, quiet=True)
+
+
 def install(app: Any, desk: Any) -> None:
     """Mount the history API and page; follow drivers' conversations onto their tickets
     before the assistant answers them."""
@@ -174,7 +249,12 @@ def install(app: Any, desk: Any) -> None:
         return follow(session, channel=channel, sender=sender, contact_id=contact_id,
                       now=now, expiry=expiry)
 
+    def rating(session: Session, *, channel: str, sender: str, contact_id: int,
+               now: Any) -> contacts.Followed | None:
+        return follow_rating(session, channel=channel, sender=sender, now=now, expiry=expiry)
+
     contacts.add_follower(desk.runtime, follower)
+    contacts.add_follower(desk.runtime, rating)
 
 
 # ---------------------------------------------------------------- the demo

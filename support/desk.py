@@ -17,11 +17,15 @@ from datetime import datetime
 from typing import Any
 
 import structlog
+from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
 
 from chargedesk.db import run_in_session
+from chargedesk.settings import Settings
 from chargedesk.types import utcnow
 from support import routing, service, webhooks
+from support.models import WebhookDelivery
 
 log = structlog.get_logger(__name__)
 
@@ -125,10 +129,12 @@ class Desk:
     # ------------------------------------------------------------ the jobs
 
     async def read_inbox(self) -> int:
-        outgoing = await run_in_session(self.engine, service.read_inbox, now=self.clock(),
-                                        settings=self.settings)
+        outgoing, owed = await run_in_session(self.engine, _read_inbox, now=self.clock(),
+                                              settings=self.settings)
         await self.deliver(outgoing)
-        if outgoing:
+        # Posted now, reply or not: a rating answer that needs none (a new score while a
+        # comment is awaited), a message on an open ticket, a rating that reopened one.
+        if outgoing or owed:
             self.kick_webhooks()
         return len(outgoing)
 
@@ -153,6 +159,25 @@ class Desk:
 
     async def push_webhooks(self) -> webhooks.DeliveryReport:
         return await webhooks.deliver_due(self.engine, clock=self.clock)
+
+
+def _read_inbox(session: Session, *, now: datetime, settings: Settings
+                ) -> tuple[list[service.Outgoing], bool]:
+    """:func:`service.read_inbox`, and whether it owes webhook deliveries (rows it added),
+    so they are posted at once rather than by the next run of the webhook job."""
+    owed: list[bool] = []
+
+    def added(flushing: Session, *_: Any) -> None:
+        if not owed and any(isinstance(row, WebhookDelivery) for row in flushing.new):
+            owed.append(True)
+
+    event.listen(session, "before_flush", added)
+    try:
+        outgoing = service.read_inbox(session, now=now, settings=settings)
+        added(session)  # anything not flushed yet
+    finally:
+        event.remove(session, "before_flush", added)
+    return outgoing, bool(owed)
 
 
 def install(app: Any, *, clock: Callable[[], datetime] | None = None) -> Desk:

@@ -1033,7 +1033,9 @@ _PRIORITY_RANK = {Priority.low: 0, Priority.normal: 1, Priority.high: 2, Priorit
 # ---------------------------------------------------------------- the driver's messages
 
 
-_SCORE = re.compile(r"^\s*([1-5])(?:\s*(?:/|av|of)\s*5)?(?![\d.,])[\s.,:;!)-]*(.*)$", re.S)
+# "4", "4/5", "5 great help", "1 - slow" (a hyphen, en or em dash), "2: too slow".
+_SCORE = re.compile(r"^\s*([1-5])(?:\s*(?:/|av|of)\s*5)?(?![\d.,])[\s.,:;!)\-\u2013\u2014]*(.*)$",
+                    re.S)
 _SKIP = {"nej", "nej tack", "no", "no thanks", "skip", "hoppa över", "inget", "nothing"}
 
 
@@ -1127,18 +1129,27 @@ def _csat_reply(session: Session, *, ticket: Ticket, conversation: Conversation,
                       text=f"rated {score}/5", data={"score": score})
             if text:
                 ticket.csat_comment = text[:1000]
-                return [_finish_csat(session, ticket=ticket, conversation=conversation,
-                                     now=now, settings=settings)]
+                finished = _finish_csat(session, ticket=ticket, conversation=conversation,
+                                        now=now, settings=settings)
+                _rating_message(session, ticket=ticket, conversation=conversation,
+                                event=event, now=now)
+                return [finished]
             ticket.csat_state = CsatState.comment
             session.add(ticket)
             prompt, buttons = _csat_comment_prompt(conversation.channel, language)
+            _rating_message(session, ticket=ticket, conversation=conversation, event=event,
+                            now=now)
             return [_say(session, ticket=ticket, conversation=conversation, text=prompt,
                          buttons=buttons, now=now, settings=settings, kind="csat")]
         if kind == "skip":
             ticket.csat_state = CsatState.expired
-            return [_finish_csat(session, ticket=ticket, conversation=conversation,
-                                 now=now, settings=settings)]
-        # Not an answer: the driver still has a problem. The ticket opens again.
+            finished = _finish_csat(session, ticket=ticket, conversation=conversation,
+                                    now=now, settings=settings)
+            _rating_message(session, ticket=ticket, conversation=conversation, event=event,
+                            now=now)
+            return [finished]
+        # Not an answer: the driver still has a problem. The ticket opens again (and the
+        # message is announced as any driver's message on an open ticket).
         ticket.csat_state = CsatState.cancelled
         set_status(session, ticket_id=ticket.id or 0, status=TicketStatus.open,
                    actor=driver, now=now, settings=settings, catch_up=False)
@@ -1149,11 +1160,30 @@ def _csat_reply(session: Session, *, ticket: Ticket, conversation: Conversation,
         add_event(session, ticket=ticket, kind="csat", actor=driver, now=now,
                   text=f"rated {score}/5", data={"score": score})
         session.add(ticket)
+        _rating_message(session, ticket=ticket, conversation=conversation, event=event,
+                        now=now)
         return []
     if kind == "text" or (kind == "score" and text):
         ticket.csat_comment = (event.data.get("text") or "").strip()[:1000]
-    return [_finish_csat(session, ticket=ticket, conversation=conversation, now=now,
-                         settings=settings)]
+    finished = _finish_csat(session, ticket=ticket, conversation=conversation, now=now,
+                            settings=settings)
+    _rating_message(session, ticket=ticket, conversation=conversation, event=event, now=now)
+    return [finished]
+
+
+def _rating_message(session: Session, *, ticket: Ticket, conversation: Conversation,
+                    event: ConversationEvent, now: datetime) -> None:
+    """The driver's answer to the rating question is a message on the ticket like any
+    other: ``message.created``, with the rating as it now stands."""
+    session.add(ticket)
+    session.flush()
+    webhooks.enqueue(session, event="message.created", now=now, data={
+        "ticket": summary(ticket),
+        "message": {"id": event.id, "from": "driver", "text": event.data.get("text"),
+                    "conversation_id": conversation.id, "channel": conversation.channel,
+                    "at": event.timestamp.isoformat(),
+                    "csat": {"state": str(ticket.csat_state), "score": ticket.csat_score,
+                             "comment": ticket.csat_comment}}})
 
 
 def _finish_csat(session: Session, *, ticket: Ticket, conversation: Conversation,

@@ -232,6 +232,7 @@ async def rest_webhook(body: RestMessage, request: Request, chat: Chat) -> list[
         raise HTTPException(status.HTTP_403_FORBIDDEN, "the token belongs to another sender")
     if body.metadata is not None and len(json.dumps(body.metadata)) > 2000:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "metadata too large")
+    from assistant import contacts
     from assistant.service import Identity, handle_message
 
     runtime = request.app.state.runtime
@@ -240,22 +241,19 @@ async def rest_webhook(body: RestMessage, request: Request, chat: Chat) -> list[
         who = Identity(driver_id=chat.driver_id, verified=True, via=CHANNEL)
         # Signed in: the driver's. Joined before the assistant answers, so a driver
         # people already have (a ticket from another channel) is told so, not answered.
-        from assistant import contacts
-
         joined = await contacts.join(runtime, channel=CHANNEL, sender=chat.sender,
                                      address=chat.sender, driver_id=chat.driver_id,
                                      proven=True)
     messages = await handle_message(runtime, channel=CHANNEL, sender=chat.sender,
                                     text=body.message, identity=who, metadata=body.metadata)
-    if not messages and joined is not None:
-        from assistant import contacts
-
-        messages = await contacts.acknowledge(runtime, channel=CHANNEL, sender=chat.sender,
-                                              joined=joined)
-        for message in messages:
-            await runtime.bus.publish(BotUttered(channel=CHANNEL, sender=chat.sender,
-                                                 message=message))
-    return messages
+    # A code typed in this message proved the driver: the chat is theirs as if signed in
+    # (their contact, their ticket from another channel). Or people already had it.
+    told = await contacts.after_turn(runtime, channel=CHANNEL, sender=chat.sender,
+                                     joined=joined, messages=messages)
+    for message in told:  # to other open tabs of this chat
+        await runtime.bus.publish(BotUttered(channel=CHANNEL, sender=chat.sender,
+                                             message=message))
+    return messages + told
 
 
 class VerifyStart(BaseModel):
@@ -272,7 +270,9 @@ class VerifyStartOut(BaseModel):
 async def verify_start(body: VerifyStart, request: Request, chat: Chat) -> Any:
     """E-mail a sign-in code to the account with this e-mail address or phone number.
 
-    The answer is the same whether or not there is such an account."""
+    The answer is the same whether or not there is such an account; for a number that sent
+    STOP it is 409 (nothing texted), or ``via: email`` when the code went to the account's
+    e-mail address instead."""
     if not _limiter(request, "verify", VERIFY_BURST, VERIFY_RATE_PER_S).allow(_client(request)):
         raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "too many code requests",
                             headers={"Retry-After": "60"})
@@ -285,6 +285,10 @@ async def verify_start(body: VerifyStart, request: Request, chat: Chat) -> Any:
     if result.status == "rate_limited":
         raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, "too many codes; wait a while",
                             headers={"Retry-After": str(result.retry_after_s)})
+    if result.status == "opted_out":  # nothing sent, and not said to be
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            "the number has opted out of texts (STOP): reply START to one of "
+                            "our texts to opt back in, or sign in with an e-mail address")
     # Sent after answering, so the answer takes as long for a known contact as for another.
     _deliver_later(request.app, runtime, result)
     return VerifyStartOut(status="sent", via=result.via,

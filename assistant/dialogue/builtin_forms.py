@@ -90,7 +90,7 @@ class VerifyForm:
     name = "verify_form"
 
     def activate(self, turn: Turn) -> None:
-        for slot in ("contact", "otp_code"):
+        for slot in ("contact", "otp_code", "code_via"):
             if turn.slots.get(slot) is not None:
                 turn.set_slot(slot, None)
 
@@ -121,7 +121,12 @@ class VerifyForm:
             if getattr(sent, "status", "sent") == "rate_limited":
                 engine.cancel_form(turn, "utter_verification_rate_limited")
                 return None
+            if getattr(sent, "status", "sent") == "opted_out":  # no code: say so, ask again
+                engine.utter_if_exists(turn, "utter_verification_opted_out", contact=contact)
+                return None
             await _deliver(engine, module, sent)
+            if getattr(sent, "opted_out", False):  # the number said STOP: mailed instead
+                return {"contact": contact, "code_via": "email_opted_out"}
             return {"contact": contact}
         if slot == "otp_code":
             code = re.sub(r"\s", "", str(value or ""))

@@ -400,6 +400,7 @@ class IntentClassifier:
         self._blocks = {spec: _Block(spec) for spec in specs}
         matrices = {spec: block.fit_transform(texts) for spec, block in self._blocks.items()}
         self._members = [_Member(spec, self.seed) for spec in self.member_specs]
+        self._fast = None
         for member in self._members:
             member.fit([self._blocks[b] for b in member.spec.blocks],
                        [matrices[b] for b in member.spec.blocks], y, len(self.classes_))
@@ -413,10 +414,108 @@ class IntentClassifier:
                    for m in self._members) / len(self._members)
 
     def predict_proba_one(self, text: str) -> np.ndarray:
-        rows = {spec: block.one(text) for spec, block in self._blocks.items()}
-        return sum(softmax(m.scores_one([rows[b] for b in m.spec.blocks]), m.temperature)
-                   for m in self._members) / len(self._members)
+        fast = getattr(self, "_fast", None)
+        if fast is None:
+            fast = self._fast = _FastPath.build(self._blocks, self._members)
+        return fast.proba(text)
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        state.pop("_fast", None)  # derived from the fitted parts; rebuilt on first use
+        return state
 
     @property
     def temperatures(self) -> list[float]:
         return [m.temperature for m in self._members]
+
+
+class _FastPath:
+    """One message's probabilities with as little per-call work as the ensemble allows.
+
+    Blocks that differ only in ``min_df`` split the same n-grams: the text is analysed once
+    per analyser and each n-gram looked up once, in a table that gives its column in every
+    block of that analyser. Members over the same blocks (the two networks) share one gather
+    and one product: their first-layer weights side by side. The arithmetic is that of
+    :meth:`_Block.one` and :meth:`_Member.scores_one`; only the order of additions differs.
+    """
+
+    def __init__(self) -> None:
+        # Per analyser: the analyse function, the blocks it feeds (their order in the
+        # lookup table) and n-gram -> column per block (-1 where a block lacks it).
+        self.analysers: list[tuple[Callable[[str], list[str]], list[BlockSpec],
+                                   dict[str, tuple[int, ...]]]] = []
+        self.blocks: dict[BlockSpec, _Block] = {}
+        # Per group of members over the same blocks: the blocks, each block's row offset,
+        # the side-by-side first-layer weights and biases, and per member its column slice.
+        self.groups: list[tuple[tuple[BlockSpec, ...], list[int], np.ndarray, np.ndarray,
+                                list[tuple[_Member, slice]]]] = []
+        self.size = 1
+
+    @classmethod
+    def build(cls, blocks: dict[BlockSpec, _Block], members: Sequence[_Member]) -> _FastPath:
+        fast = cls()
+        fast.blocks = dict(blocks)
+        fast.size = len(members)
+        by_analyser: dict[tuple[str, tuple[int, int], str | None], list[BlockSpec]] = {}
+        for spec in blocks:
+            key = (spec.analyzer, spec.ngram_range, spec.strip_accents)
+            by_analyser.setdefault(key, []).append(spec)
+        for specs in by_analyser.values():
+            table: dict[str, list[int]] = {}
+            for position, spec in enumerate(specs):
+                for gram, column in blocks[spec].vocabulary.items():
+                    table.setdefault(gram, [-1] * len(specs))[position] = column
+            analyse = blocks[specs[0]].analyze
+            assert analyse is not None
+            fast.analysers.append((analyse, specs, {g: tuple(c) for g, c in table.items()}))
+        grouped: dict[tuple[BlockSpec, ...], list[_Member]] = {}
+        for member in members:
+            grouped.setdefault(member.spec.blocks, []).append(member)
+        for specs, group in grouped.items():
+            rows = np.hstack([m.rows for m in group]) if len(group) > 1 else group[0].rows
+            bias = np.concatenate([m.bias for m in group])
+            slices, start = [], 0
+            for member in group:
+                width = member.bias.shape[0]
+                part = slice(start, start + width)
+                slices.append((member, part))
+                if len(group) > 1:
+                    member.rows = rows[:, part]  # a view: the weights are held once
+                start += width
+            fast.groups.append((specs, list(group[0].offsets), rows, bias, slices))
+        return fast
+
+    def vectors(self, text: str) -> dict[BlockSpec, tuple[np.ndarray, np.ndarray]]:
+        """Per block: the columns and TF-IDF values of ``text`` (as :meth:`_Block.one`)."""
+        out: dict[BlockSpec, tuple[np.ndarray, np.ndarray]] = {}
+        for analyse, specs, table in self.analysers:
+            counts = Counter(analyse(text))
+            found = [(table[g], n) for g, n in counts.items() if g in table]
+            for position, spec in enumerate(specs):
+                pairs = [(c[position], n) for c, n in found if c[position] >= 0]
+                if not pairs:
+                    out[spec] = (np.empty(0, np.intp), np.empty(0, np.float32))
+                    continue
+                block = self.blocks[spec]
+                columns = np.fromiter((c for c, _ in pairs), np.intp, len(pairs))
+                values = 1.0 + np.log(np.fromiter((n for _, n in pairs), np.float32,
+                                                  len(pairs)))
+                values *= block.idf[columns]
+                values *= block.spec.weight / np.linalg.norm(values)
+                out[spec] = (columns, values)
+        return out
+
+    def proba(self, text: str) -> np.ndarray:
+        vectors = self.vectors(text)
+        total: np.ndarray | None = None
+        for specs, offsets, rows, bias, members in self.groups:
+            first = bias.copy()
+            for spec, offset in zip(specs, offsets, strict=True):
+                columns, values = vectors[spec]
+                if len(columns):
+                    first += values @ rows[columns + offset]
+            for member, part in members:
+                p = softmax(member._finish(first[part]).astype(np.float64), member.temperature)
+                total = p if total is None else total + p
+        assert total is not None
+        return total / self.size

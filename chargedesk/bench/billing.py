@@ -12,16 +12,20 @@ What happens, in order:
    charging at varying power with a reading every few minutes, a SuspendedEV tail, unplug)
    priced with a Swedish tariff (session fee, day/night energy, parking after a grace period).
    Work goes in rounds: every worker generates its chunk, all meet at a barrier, all rate
-   (timed: ``rate(tariff, report)``, which reads the report as the service's rating does),
-   then turn the CDRs into cost lines (timed apart),
-   meet again, and load their rows. Rating therefore runs on all workers at once with nothing
-   else on the machine; a round's rating wall time is from the first worker's start to the
-   last worker's end, and sessions/s is N over the sum of those.
+   (timed: ``rating_batch.rate_batch(tariff, reports)`` over the round's reports, parsing
+   included; sessions it cannot rate go through ``rating.rate`` one by one inside it, and
+   are counted), then build their rows (timed apart), rate every CHECK_EVERY-th session
+   again with the exact engine (``rating.rate``, untimed as rating; CPU time kept) and fail
+   if anything differs, meet again, and load their rows. Rating therefore runs on all workers
+   at once with nothing else of the bench on the machine; a round's rating wall time is from
+   the first worker's start to the last worker's end, and sessions/s is N over the sum of
+   those. CPU µs per session of the batch and of the exact engine on the sample are reported
+   side by side: on a shared machine that ratio is steadier than the wall times.
 4. Each worker loads, outside the timed part, what the invoice run reads: transactions,
-   ``charging_session`` rows (status rated, totals from the CDR, no CDR JSON) and
-   ``session_cost_line`` rows from ``cost_lines_of(cdr.to_ocpi())``, plus every sample into the
-   plain table ``bench_sample`` for the rating baseline (COPY on PostgreSQL, executemany on
-   SQLite).
+   ``charging_session`` rows (status rated, totals as billing stores them, no CDR JSON) and
+   ``session_cost_line`` rows (``cost_lines_of`` of the CDR, as the batch gives them), plus
+   every sample into the plain table ``bench_sample`` for the rating baseline (COPY on
+   PostgreSQL, executemany on SQLite).
 5. Rating baseline: ``GROUP BY session_id`` over ``bench_sample`` (energy = max - min,
    duration), timed three times; its sessions/s shows what reading the same data costs.
 6. Invoice baseline: the per-driver, per-VAT-rate sum of cost lines, three times; then
@@ -96,6 +100,8 @@ TARIFF_JSON = """{
 # Sessions each worker generates and rates per round: big enough that the barrier costs
 # nothing, small enough that a round's samples (about 75,000 dicts) stay a few tens of MB.
 CHUNK = 2500
+# Every this many sessions one is rated again by the exact engine and compared (untimed).
+CHECK_EVERY = 25
 BASELINE_REPEATS = 3
 PROGRESS_EVERY_S = 5.0
 BARRIER_TIMEOUT_S = 900.0
@@ -213,13 +219,6 @@ def _sample(at: int, energy: int, power: int, current: int, status: str) -> dict
 # ---------------------------------------------------------------- database rows
 
 
-def _ore(amount: Decimal) -> int:
-    value = amount * 100
-    if value != value.to_integral_value():
-        raise BenchError(f"total {amount} is not a whole number of öre")
-    return int(value)
-
-
 def _epoch_s(stamp: str) -> int:
     return int(datetime.fromisoformat(stamp).timestamp())
 
@@ -234,11 +233,12 @@ class Rows:
     samples: list[tuple[Any, ...]] = field(default_factory=list)
 
 
-def add_rows(rows: Rows, plan: Plan, report: dict[str, Any], cdr: Any, rated_at: datetime,
-             cost_lines_of: Callable[[dict[str, Any]], list[dict[str, Any]]]) -> int:
-    """Append one rated session's rows; returns its energy in Wh."""
+def add_rows(rows: Rows, plan: Plan, report: dict[str, Any], rated: Any,
+             rated_at: datetime) -> int:
+    """Append one rated session's rows (``rated``: a ``rating_batch.Rated``, what billing
+    stores of it); returns its energy in Wh."""
     samples = report["samples"]
-    start, end = cdr.start_date_time, cdr.end_date_time
+    start, end = rated.start, rated.end
     stop_wh = samples[-1]["energy_wh"]
     energy = stop_wh - plan.meter_start_wh
     sid = plan.session_id
@@ -248,12 +248,12 @@ def add_rows(rows: Rows, plan: Plan, report: dict[str, Any], cdr: Any, rated_at:
     ))
     rows.sessions.append((
         sid, sid, plan.station_id, plan.connector_id, plan.id_tag, plan.driver_id, start, end,
-        energy, TARIFF_ID, 1, "SEK", ZONE, "rated", _ore(cdr.total_cost.excl_vat),
-        _ore(cdr.total_cost.incl_vat), rated_at,
+        energy, TARIFF_ID, 1, "SEK", ZONE, "rated", rated.total_excl_vat_ore,
+        rated.total_incl_vat_ore, rated_at,
     ))
-    for line in cost_lines_of(cdr.to_ocpi()):
-        rows.cost_lines.append((sid, line["dimension"], line["quantity"], line["unit"],
-                                line["unit_price"], line["net_ore"], line["vat_rate"]))
+    for line in rated.lines:
+        rows.cost_lines.append((sid, line.dimension, line.quantity, line.unit,
+                                line.unit_price, line.net_ore, line.vat_rate))
     for s in samples:
         rows.samples.append((sid, _epoch_s(s["timestamp"]), s["energy_wh"], s["power_w"],
                              s["status"]))
@@ -354,8 +354,14 @@ class WorkerResult:
     # Per round: (rating start, rating end, cost lines end), perf_counter (system-wide
     # monotonic clock, so comparable between processes); None for an idle round.
     rounds: list[tuple[float, float, float] | None] = field(default_factory=list)
-    # Wall time of each session's rate(tariff, report), parsing included, in µs.
+    # Per round: the batch's wall time over its sessions (parsing included), in µs.
     latencies_us: list[float] = field(default_factory=list)
+    # Sessions the batch rater left to the exact path (rating.rate, one by one), and why.
+    exact_path: int = 0
+    exact_reasons: dict[str, int] = field(default_factory=dict)
+    # The cross-check: every CHECK_EVERY-th session also rated by rating.rate, CPU time.
+    checked: int = 0
+    check_cpu_s: float = 0.0
 
 
 def _rounds(sessions: int, workers: int, chunk: int) -> int:
@@ -377,12 +383,16 @@ def worker_main(job: WorkerJob, barrier: Any, lock: Any, events: Any) -> None:
 
 
 def _work(job: WorkerJob, barrier: Any, lock: Any, events: Any) -> WorkerResult:
-    from billing_api.invoicing import cost_lines_of
     from billing_api.rating import rate
+    from billing_api.rating_batch import rate_batch, rated_from_cdr
     from billing_api.tariffs import parse_tariff
 
     tariff = parse_tariff(TARIFF_JSON)
     tariff.compiled()  # compiled once per worker, not inside the first timed round
+    # Imports and first-call set-up (numpy, the invoicing module) outside the timed rounds.
+    warm = generate(job.seed, 0, sessions=job.sessions, drivers=job.drivers)[1]
+    rate_batch(tariff, [warm])
+    rated_from_cdr(rate(tariff, warm))
     sink = Sink(job.url, lock)
     result = WorkerResult(index=job.index)
     clock = time.perf_counter
@@ -398,21 +408,35 @@ def _work(job: WorkerJob, barrier: Any, lock: Any, events: Any) -> WorkerResult:
             # out of its sight; unfrozen after the round, so they are freed as usual.
             gc.freeze()
             barrier.wait(BARRIER_TIMEOUT_S)
-            cdrs = []
-            latencies = result.latencies_us
+            reports = [report for _plan, report in generated]
             cpu_start = time.thread_time()
             rating_start = clock()
-            for _plan, report in generated:
-                before = clock()
-                cdrs.append(rate(tariff, report))
-                latencies.append((clock() - before) * 1e6)
+            batch = rate_batch(tariff, reports)
             rating_end = clock()
             result.rating_cpu_s += time.thread_time() - cpu_start
+            if generated:
+                result.latencies_us.append((rating_end - rating_start) * 1e6 / len(generated))
+            result.exact_path += batch.exact
+            for reason, count in batch.reasons.items():
+                result.exact_reasons[reason] = result.exact_reasons.get(reason, 0) + count
             rows = Rows()
-            for (plan, report), cdr in zip(generated, cdrs, strict=True):
-                result.energy_wh += add_rows(rows, plan, report, cdr, job.rated_at,
-                                             cost_lines_of)
+            for (plan, report), rated in zip(generated, batch.results, strict=True):
+                if isinstance(rated, Exception):
+                    raise BenchError(f"session {plan.session_id} not rated: {rated}")
+                result.energy_wh += add_rows(rows, plan, report, rated, job.rated_at)
             lines_end = clock()
+            # Not timed as rating: a sample rated again one by one by the exact engine must
+            # come out the same, to the öre and the character.
+            cpu_start = time.thread_time()
+            for number in range(0, len(generated), CHECK_EVERY):
+                expected = rated_from_cdr(rate(tariff, reports[number]))
+                got = batch.results[number]
+                if got[:5] != expected[:5] or [str(x.quantity) for x in got.lines] != [
+                        str(x.quantity) for x in expected.lines]:
+                    raise BenchError(f"session {generated[number][0].session_id}: the batch"
+                                     f" rater gave {got}, the exact engine {expected}")
+                result.checked += 1
+            result.check_cpu_s += time.thread_time() - cpu_start
             result.rounds.append((rating_start, rating_end, lines_end) if generated else None)
             barrier.wait(BARRIER_TIMEOUT_S)
             began = clock()
@@ -499,6 +523,13 @@ def rating_figures(results: Sequence[WorkerResult], cpus: int) -> dict[str, Any]
         cpu_share.append(round(r.rating_cpu_s / own, 3) if own else None)
     latencies = sorted(v for r in results for v in r.latencies_us)
     total = sessions / rating_wall if rating_wall else None
+    reasons: dict[str, int] = defaultdict(int)
+    for r in results:
+        for reason, count in r.exact_reasons.items():
+            reasons[reason] += count
+    checked = sum(r.checked for r in results)
+    check_cpu = sum(r.check_cpu_s for r in results)
+    batch_cpu = sum(r.rating_cpu_s for r in results)
     return {
         "sessions_per_s": round(total) if total else None,
         "per_core_sessions_per_s": round(total / min(len(results), cpus)) if total else None,
@@ -507,8 +538,17 @@ def rating_figures(results: Sequence[WorkerResult], cpus: int) -> dict[str, Any]
         "per_worker_cpu_sessions_per_s": per_worker_cpu,
         "per_worker_cpu_share": cpu_share,
         "with_cost_lines_sessions_per_s": round(sessions / lines_wall) if lines_wall else None,
+        # per round: the batch's wall time over its sessions
         "session_p50_us": _round(stats.percentile(latencies, 50)),
         "session_p99_us": _round(stats.percentile(latencies, 99)),
+        "exact_path_sessions": sum(r.exact_path for r in results),
+        "exact_path_reasons": dict(reasons),
+        "checked_against_exact": checked,
+        # CPU µs per session: the batch, and the exact engine (rating.rate) on the sample
+        "batch_cpu_us_per_session": _round(batch_cpu * 1e6 / sessions) if sessions else None,
+        "exact_cpu_us_per_session": _round(check_cpu * 1e6 / checked) if checked else None,
+        "batch_vs_exact_cpu": _ratio(check_cpu / checked, batch_cpu / sessions)
+        if checked and sessions and batch_cpu else None,
         "generate_s": round(max(r.generate_s for r in results), 3),
         "load_s": round(max(r.load_s for r in results), 3),
     }
@@ -834,13 +874,20 @@ def summary(figures: dict[str, Any]) -> str:
         f" {figures['workers']} workers on {figures['cpus']} CPUs, {figures['database']}",
         f"  samples: {r['samples']:,} ({r['samples_per_session']} per session),"
         f" cost lines: {r['cost_lines']:,}",
-        "rating (rate(tariff, report), parsing included, all workers at once):",
+        "rating (rate_batch(tariff, reports) per round, parsing included, all workers at once):",
         f"  {r['sessions_per_s']:,} sessions/s total, {r['per_core_sessions_per_s']:,}/s per"
         f" core (per worker: {per_worker}); {r['rating_wall_s']:.1f} s wall",
         f"  per CPU-second of each worker: {cpu_rates}/s; share of the wall each worker"
         f" had a core: {shares}",
-        f"  per session p50 {r['session_p50_us']} µs, p99 {r['session_p99_us']} µs;"
-        f" with CDR to cost lines: {r['with_cost_lines_sessions_per_s']:,} sessions/s",
+        f"  per session (a round's batch over its sessions) p50 {r['session_p50_us']} µs,"
+        f" p99 {r['session_p99_us']} µs; with the rows built:"
+        f" {r['with_cost_lines_sessions_per_s']:,} sessions/s",
+        f"  exact path (rating.rate one by one): {r['exact_path_sessions']:,} sessions"
+        + (f" ({', '.join(f'{k}: {v:,}' for k, v in r['exact_path_reasons'].items())})"
+           if r["exact_path_reasons"] else ""),
+        f"  checked against the exact engine: {r['checked_against_exact']:,} sessions, all"
+        f" equal; CPU per session: batch {r['batch_cpu_us_per_session']} µs, exact"
+        f" {r['exact_cpu_us_per_session']} µs (exact/batch = {r['batch_vs_exact_cpu']})",
         f"  baseline, SQL aggregate over the samples: {rb['sessions_per_s']:,} sessions/s"
         f" ({rb['median_s']:.2f} s median of {len(rb['runs_s'])});"
         f" baseline/rating = {figures['rating_vs_baseline']}",

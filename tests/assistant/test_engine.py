@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from datetime import date
 from pathlib import Path
 
@@ -84,6 +85,15 @@ def test_single_message_path_equals_the_batch_path(nlu: NluEngine,
     batch = nlu.classifier.predict_proba(texts)
     single = np.array([nlu.classifier.predict_proba_one(t) for t in texts])
     assert np.allclose(batch, single, atol=1e-5)
+
+
+def test_the_single_message_path_survives_a_save_and_load(nlu: NluEngine) -> None:
+    # The fast path is derived on first use and never saved: a loaded model rebuilds it.
+    before = nlu.classifier.predict_proba_one("laddaren är trasig")
+    loaded = pickle.loads(pickle.dumps(nlu.classifier))
+    assert "_fast" not in loaded.__dict__ or loaded.__dict__["_fast"] is None
+    assert np.array_equal(loaded.predict_proba_one("laddaren är trasig"), before)
+    assert np.allclose(loaded.predict_proba(["laddaren är trasig"])[0], before, atol=1e-5)
 
 
 def test_the_network_learns_combinations_a_linear_model_cannot() -> None:

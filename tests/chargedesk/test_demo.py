@@ -22,6 +22,7 @@ def test_prepare_seeds_every_part_once(engine: Any, settings: Settings) -> None:
     with session_scope(engine) as session:
         grids = {g.site_id: g for g in session.exec(select(SiteGrid))}
         assert grids["STO-CITY"].phase_limit_a == 40
+        assert grids["STO-CITY"].policy == "mpc"  # the online MPC of load_manager/mpc.py
         assert grids["STO-ODEN"].policy == "least_laxity"
         assert len(session.exec(select(ConnectorWiring)).all()) == 6
         assert session.get(TagPriority, "FLEET-ACME").priority == 10

@@ -4,6 +4,8 @@ central system sharing it, and the power the stations report."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -11,19 +13,24 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlmodel import select
+from sqlmodel import col, select
 
 from chargedesk.db import session_scope
 from chargedesk.settings import Settings
+from load_manager import controller
+from load_manager.allocation import Grid
+from load_manager.dispatch import Observation, Wiring, connector_load
 from load_manager.models import (
     AllocationState,
     ConnectorWiring,
+    MeterReading,
     StationCapability,
     VehicleObservation,
 )
+from load_manager.mpc import Car, Mpc, need_kwh
 from load_manager.service import set_wiring
 from station_api import service
-from station_api.models import CommandLog
+from station_api.models import CommandLog, Transaction
 from station_api.simulator import Battery, SimulatedStation
 from tests.conftest import start_server
 from tests.station_api.ocpp_client import PASSWORD
@@ -342,3 +349,185 @@ async def test_a_tapering_car_gives_what_it_does_not_take_to_the_other(engine, s
     await eventually(lambda: (power := last_power(engine, first)) is not None
                      and power < Decimal("4600"))
     assert allocations(engine)["LM-1"] == (8.0, "accepted")
+
+
+# ---------------------------------------------------------------- the MPC, held cars, restart
+
+
+def big_car() -> Battery:
+    """A fresh BIG_CAR: a test that changes its battery must not change another's."""
+    return dataclasses.replace(BIG_CAR)
+
+
+MPC_WIRING = {"M-1": Wiring(3, "RST", 32.0, 6.0), "M-2": Wiring(1, "RST", 32.0, 6.0),
+              "M-3": Wiring(1, "STR", 32.0, 6.0)}
+
+
+@pytest.fixture
+async def mpc_site(engine: Any, aapi: httpx.AsyncClient, server: Any
+                   ) -> AsyncIterator[list[SimulatedStation]]:
+    """A 32 A site under the MPC: one three-phase station and two single-phase ones, on L1
+    and on L2."""
+    with session_scope(engine) as session:
+        service.create_site(session, site_id="MPC", name="MPC", time_zone="Europe/Stockholm")
+    for n, (station_id, wiring) in enumerate(MPC_WIRING.items()):
+        register(engine, station_id)
+        with session_scope(engine) as session:
+            service.move_station(session, station_id=station_id, site_id="MPC")
+            set_wiring(session, station_id=station_id, connector_id=1, phases=wiring.phases,
+                       rotation=wiring.rotation, max_current_a=wiring.max_current_a)
+        add_tag(engine, f"TAG-M{n}")
+    answer = await aapi.put("/api/v1/load/sites/MPC/grid",
+                            json={"phase_limit_a": 32, "policy": "mpc"})
+    assert answer.status_code == 200, answer.text
+    sims = [SimulatedStation(station_id, server.ws_url, password=PASSWORD, connectors=1,
+                             meter_interval=0.2, seed=n, max_current=32)
+            for n, station_id in enumerate(MPC_WIRING)]
+    for sim in sims:
+        await sim.start()
+        await asyncio.wait_for(sim.booted.wait(), 10)
+    yield sims
+    for sim in sims:
+        await sim.stop()
+
+
+def mpc_decision(engine: Any, observed: dict[tuple[str, int], Observation]
+                 ) -> dict[str, float]:
+    """What the bench's MPC decides for the site as the test knows it: the wiring it set,
+    each open transaction's start (a car without a plan: the default estimate) and the
+    energy its meter values show."""
+    with session_scope(engine) as session:
+        txs = session.exec(select(Transaction).where(
+            col(Transaction.stop_timestamp).is_(None))).all()
+        delivered = {o.transaction_id: o.delivered_wh or 0
+                     for o in session.exec(select(VehicleObservation)).all()}
+    cars = []
+    for tx in sorted(txs, key=lambda t: (t.start_timestamp, t.id or 0)):
+        departure = (tx.start_timestamp + controller.DEFAULT_STAY).timestamp()
+        had = delivered.get(tx.id or 0, 0) / 1000
+        need = need_kwh(controller.DEFAULT_ENERGY_KWH, had, noise=controller.ESTIMATE_NOISE)
+        load = connector_load((tx.station_id, 1), MPC_WIRING[tx.station_id],
+                              since=tx.start_timestamp.timestamp(), departure=departure,
+                              energy_needed_wh=need * 1000)
+        cars.append(Car(load, need, departure, had))
+    result = Mpc(slot_s=15 * 60.0).decide(Grid(phase_limit_a=(32.0, 32.0, 32.0)), cars,
+                                          time.time(), observed)
+    return {station_id: amps for (station_id, _), amps in result.pilots.items()}  # type: ignore[misc]
+
+
+async def test_an_mpc_site_gets_the_pilots_the_mpc_decides(engine, mpc_site) -> None:
+    m1, m2, m3 = mpc_site
+    assert await m1.plug_in(1, "TAG-M0", battery=big_car()) is not None
+    await eventually(lambda: allocations(engine).get("M-1") == (32.0, "accepted"))
+    assert await m2.plug_in(1, "TAG-M1", battery=single_phase_car()) is not None
+    assert await m3.plug_in(1, "TAG-M2", battery=single_phase_car()) is not None
+
+    def pilots() -> dict[str, float]:
+        return {s: limit for s, (limit, outcome) in allocations(engine).items()
+                if outcome == "accepted"}
+
+    # The three-phase car takes the whole 32 A on every phase: the most energy now, and by
+    # the default estimate it leaves first. Equal shares would have been 16 A each.
+    await eventually(lambda: len(pilots()) == 3 and pilots() == mpc_decision(engine, {}))
+    assert pilots() == {"M-1": 32.0, "M-2": 0.0, "M-3": 0.0}
+    await eventually(lambda: drawn_a(m1) == pytest.approx(32.0))
+
+    # Its battery reaches 96 %: it takes 6.7 A. The meter values show it, the MPC re-plans
+    # at what it takes, and the single-phase cars get what it leaves on L1 and L2.
+    battery = m1.connectors[1].battery
+    assert battery is not None
+    battery.soc = 0.96
+
+    def seen() -> dict[tuple[str, int], Observation]:
+        return {("M-1", 1): Observation(pilots()["M-1"], drawn_a(m1))}
+
+    await eventually(lambda: pilots() == mpc_decision(engine, seen())
+                     and pilots()["M-1"] < 32.0, timeout=20)
+    assert pilots() == {"M-1": 8.0, "M-2": 24.0, "M-3": 24.0}
+    await eventually(lambda: drawn_a(m2) == pytest.approx(24.0)
+                     and drawn_a(m3) == pytest.approx(24.0))
+
+
+class UnderDrawingCar(Battery):
+    """An on-board charger that keeps 1.5 A below whatever pilot it is given (some do; a
+    meter may also read so): never all of its pilot, never clearly less."""
+
+    station: SimulatedStation | None = None
+
+    def acceptance_w(self) -> float:
+        assert self.station is not None
+        limit = self.station._limit_w(self.station.connectors[1])
+        return max(0.0, min(self.max_power_w, limit - 1.5 * VOLTAGE * self.phases))
+
+
+async def test_a_held_car_is_offered_the_capacity_that_frees_up(engine, stations) -> None:
+    one, two = stations
+    await eventually(lambda: tx_default(one) == 16.0 and tx_default(two) == 16.0)
+    with session_scope(engine) as session:
+        for station_id in ("LM-1", "LM-2"):
+            set_wiring(session, station_id=station_id, connector_id=1, phases=3,
+                       max_current_a=32)
+    car = UnderDrawingCar(capacity_kwh=75, soc=0.2, max_power_w=23000)
+    car.station = one
+    held = await one.plug_in(1, "TAG-A", battery=car)
+    other = await two.plug_in(1, "TAG-B", battery=big_car())
+    assert held is not None and other is not None
+    await eventually(lambda: allocations(engine) == {"LM-1": (16.0, "accepted"),
+                                                     "LM-2": (16.0, "accepted")})
+    # 14.5 A of its 16: held at its pilot, not offered LM-2's share.
+    await eventually(lambda: drawn_a(one) == pytest.approx(14.5))
+    await asyncio.sleep(1)  # meter values every 0.2 s: several decisions see it held
+    assert allocations(engine)["LM-1"] == (16.0, "accepted")
+
+    await two.stop_charging(1)
+    # The 16 A LM-2 frees are offered to the held car, and it takes them.
+    await eventually(lambda: allocations(engine).get("LM-1") == (32.0, "accepted"))
+    await eventually(lambda: drawn_a(one) == pytest.approx(30.5))
+
+
+async def test_readings_kept_across_a_restart_count_before_new_ones_arrive(
+        engine, stations, server, settings) -> None:
+    one, two = stations
+    await eventually(lambda: tx_default(one) == 16.0 and tx_default(two) == 16.0)
+    with session_scope(engine) as session:
+        for station_id in ("LM-1", "LM-2"):
+            set_wiring(session, station_id=station_id, connector_id=1, phases=3,
+                       max_current_a=32)
+    first = await one.plug_in(1, "TAG-A", battery=Battery(capacity_kwh=75, soc=0.96,
+                                                           max_power_w=23000))
+    second = await two.plug_in(1, "TAG-B", battery=big_car())
+    assert first is not None and second is not None
+    # LM-1's car tapers (6.7 A): counted at 8 A, LM-2 gets 24.
+    await eventually(lambda: allocations(engine) == {"LM-1": (8.0, "accepted"),
+                                                     "LM-2": (24.0, "accepted")})
+    with session_scope(engine) as session:
+        kept = session.get(MeterReading, ("LM-1", 1))
+        assert kept is not None and kept.transaction_id == first
+        assert kept.current_a is not None and kept.current_a < 7.0
+
+    # The service restarts; the stations reconnect to it.
+    await asyncio.to_thread(server.stop)
+    since = datetime.now(UTC)
+    restarted = start_server(settings.model_copy(update={"command_timeout": 1.0}))
+    try:
+        for sim in (one, two):
+            sim.url = restarted.ws_url
+            await sim.drop_connection(offline_seconds=0.1)
+
+        def tx_profiles(station_id: str) -> list[float]:
+            with session_scope(engine) as session:
+                sent = session.exec(select(CommandLog).where(
+                    CommandLog.station_id == station_id,
+                    CommandLog.action == "SetChargingProfile",
+                    col(CommandLog.requested_at) >= since).order_by(CommandLog.id)).all()
+            return [_first_limit(c.payload) for c in sent
+                    if c.payload["csChargingProfiles"]["chargingProfilePurpose"]
+                    == "TxProfile"]
+
+        await eventually(lambda: any(limit > 0 for limit in tx_profiles("LM-2")), timeout=20)
+        # The restarted controller counted LM-1 at what it was last seen to draw from its
+        # first decision: LM-2's first limit is the 24 A, not an equal share of 16.
+        assert next(limit for limit in tx_profiles("LM-2") if limit > 0) == 24.0
+        assert all(limit <= 8.0 for limit in tx_profiles("LM-1"))
+    finally:
+        restarted.stop()

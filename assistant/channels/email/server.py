@@ -238,9 +238,12 @@ class EmailChannel:
             messages = await assistant.handle_message(
                 self.runtime, channel=service.CHANNEL, sender=job.token, text=text,
                 identity=who, metadata=metadata)
-            if not messages:
-                messages = await contacts.acknowledge(
-                    self.runtime, channel=service.CHANNEL, sender=job.token, joined=joined)
+            # A code in this mail proved the driver: the thread is theirs at once (their
+            # contact, their open ticket from another channel, the driver told so in this
+            # reply). Or people already had it and the assistant said nothing.
+            messages = messages + await contacts.after_turn(
+                self.runtime, channel=service.CHANNEL, sender=job.token, joined=joined,
+                messages=messages)
             outbound_id = await run_in_session(engine, service.record_answer, job=job,
                                                messages=messages, settings=self.settings)
         except Exception as exc:

@@ -28,7 +28,8 @@
       code: "Kod", verify: "Logga in med koden", cancel: "Avbryt",
       codeSent: "Om adressen hör till ett konto har vi skickat en kod till den. Den gäller i 10 minuter.",
       codeSentSms: "Om numret hör till ett konto har vi skickat en kod till det med sms. Den gäller i 10 minuter.",
-      codeSentEmail: "Om numret hör till ett konto har vi skickat en kod till kontots e-postadress. Den gäller i 10 minuter.",
+      codeSentEmail: "Om numret hör till ett konto har vi mejlat en kod till kontots e-postadress (inte sms). Den gäller i 10 minuter.",
+      optedOut: "Numret har stängt av sms från oss (STOP), så vi har inte skickat någon kod. Svara START på ett av våra sms för att få sms igen, eller logga in med din e-postadress.",
       badCode: "Koden stämmer inte eller har gått ut.",
       badContact: "Skriv en e-postadress eller ett mobilnummer.",
       tooMany: "För många försök. Vänta en stund och försök igen.",
@@ -47,7 +48,8 @@
       code: "Code", verify: "Sign in with the code", cancel: "Cancel",
       codeSent: "If the address belongs to an account, we have sent a code to it. It is valid for 10 minutes.",
       codeSentSms: "If the number belongs to an account, we have sent a code to it by text. It is valid for 10 minutes.",
-      codeSentEmail: "If the number belongs to an account, we have sent a code to the account's e-mail address. It is valid for 10 minutes.",
+      codeSentEmail: "If the number belongs to an account, we have e-mailed a code to the account's e-mail address (not by text). It is valid for 10 minutes.",
+      optedOut: "The number has opted out of texts from us (STOP), so we haven't sent a code. Reply START to one of our texts to get texts again, or sign in with your e-mail address.",
       badCode: "The code is wrong or has expired.",
       badContact: "Enter an e-mail address or a mobile number.",
       tooMany: "Too many attempts. Wait a while and try again.",
@@ -307,6 +309,13 @@
   });
   cancelButton.addEventListener("click", function () { showSignin(false); signInButton.focus(); });
 
+  // The server's reason for sending no code, in the widget's language when it is one we
+  // know (a number that sent STOP, with no e-mail address to send to instead).
+  function refusal(detail) {
+    detail = typeof detail === "string" ? detail : "";
+    return !detail || /opted out/i.test(detail) ? t("optedOut") : detail;
+  }
+
   contactForm.addEventListener("submit", function (e) {
     e.preventDefault();
     var contact = contactInput.value.trim();
@@ -317,6 +326,12 @@
     }).then(function (r) {
       if (r.status === 422) { signinStatus.textContent = t("badContact"); contactInput.focus(); return; }
       if (r.status === 429) { signinStatus.textContent = t("tooMany"); return; }
+      if (r.status === 409) {  // nothing sent: the server says why
+        return r.json().catch(function () { return {}; }).then(function (b) {
+          signinStatus.textContent = refusal(b && b.detail);
+          contactInput.select(); contactInput.focus();
+        });
+      }
       if (!r.ok) throw new Error("verify " + r.status);
       return r.json().then(function (v) {
         contactForm.hidden = true; codeForm.hidden = false;

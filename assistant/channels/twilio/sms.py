@@ -850,10 +850,11 @@ class SmsChannel:
                         self.runtime, channel=CHANNEL, sender=inbound.phone,
                         text=inbound.text, identity=identity,
                         metadata={"sms_message_id": inbound.id})
-                    if not messages:
-                        messages = await contacts.acknowledge(
-                            self.runtime, channel=CHANNEL, sender=inbound.phone,
-                            joined=joined)
+                    # People have the case (from before, or once a code in this
+                    # message proved the driver): the driver is told so.
+                    messages = messages + await contacts.after_turn(
+                        self.runtime, channel=CHANNEL, sender=inbound.phone, joined=joined,
+                        messages=messages)
                 except Exception as exc:
                     log.exception("assistant failed on an sms", message_id=message_id)
                     await run_in_session(engine, fail_inbound, message_id=message_id,
@@ -890,7 +891,7 @@ class SmsChannel:
             return await self.send(message_id) == "sent"
 
         return SmsCodes(queue=functools.partial(queue_code, our_number=self.cfg.from_number),
-                        send=send)
+                        send=send, opted_out=is_opted_out)
 
     async def send(self, message: int | Outgoing) -> str:
         """One attempt at an outbound text through Twilio's API (``message``: an id to

@@ -413,14 +413,17 @@ async def gathered(request: Request) -> Response:
         return _twiml(response)
     options = [{"title": str(b.get("title")), "payload": str(b.get("payload") or b.get("title"))}
                for m in messages for b in (m.get("buttons") or []) if b.get("title")]
-    told = [] if messages else await contacts.acknowledge(runtime, channel=CHANNEL,
-                                                          sender=caller, joined=joined)
+    # People already have the case (joined before this turn, or once a code said in it
+    # proved the caller): the caller is told so.
+    told = await contacts.after_turn(runtime, channel=CHANNEL, sender=caller, joined=joined,
+                                     messages=messages)
     outcome = await run_in_session(runtime.engine, after_turn, call_sid=call_sid,
                                    caller=caller, options=options)
     language = outcome.language
     if outcome.paused:
-        for message in told:  # people already had the case: say so
-            _say(response, _speakable(str(message["text"])), language)
+        for message in (messages if told else []) + told:
+            if message.get("text"):
+                _say(response, _speakable(str(message["text"])), language)
         return _twiml(_handoff(response, cfg, language))
     spoken = " ".join(_speakable(str(m["text"])) for m in messages if m.get("text"))
     if options:
