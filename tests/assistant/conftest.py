@@ -10,6 +10,7 @@ import pytest
 
 from assistant.nlu import data as nlu_data
 from assistant.nlu.engine import NluEngine, load_or_train, set_engine
+from tests.channels.fixtures import twilio_api  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ from chargedesk.settings import Settings
 from tests.assistant.test_web_channel import ChatServer, start_chat_server
 from tests.billing_api.factories import make_driver
 from tests.billing_api.test_mailer import Inbox, free_port
-from tests.channels.test_sms import SID, TOKEN, twilio_settings
+from tests.channels.test_sms import twilio_settings
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -150,13 +150,6 @@ def test_sign_in_ask_and_press_a_quick_reply(live: ChatServer,
 
 KARIN = "+46701112233"  # opted out; her account has an e-mail address
 TOM = "+46704445566"  # opted out; no e-mail address on his account
-
-
-@pytest.fixture
-def twilio_api() -> Iterator[TwilioStub]:
-    stub = TwilioStub(account_sid=SID, auth_token=TOKEN).start()
-    yield stub
-    stub.stop()
 
 
 @pytest.fixture

@@ -24,7 +24,6 @@ from typing import Any
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 from sqlmodel import Session, select
 
 from assistant import contacts
@@ -32,7 +31,6 @@ from assistant.channels.models import SmsOptOut
 from assistant.contact_models import Contact
 from assistant.dialogue import store
 from assistant.models import ConversationEvent
-from assistant.nlu.engine import load_or_train, set_engine
 from billing_api.models import Language
 from chargedesk.bench.sms import TwilioStub
 from chargedesk.db import session_scope
@@ -40,44 +38,18 @@ from chargedesk.models import Role
 from chargedesk.settings import Settings
 from support.models import TicketConversation
 from tests.billing_api.factories import make_driver
-from tests.channels.test_email import Relay, free_port
-from tests.channels.test_sms import SID, TOKEN, eventually, number, text, twilio_settings
+from tests.channels.fixtures import Relay
+from tests.channels.test_sms import eventually, number, text, twilio_settings
 from tests.conftest import LiveServer, make_key, start_server
 from tests.support.conftest import seed_desk
 
 
-@pytest.fixture(scope="session")
-def nlu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    engine = load_or_train(Path(tmp_path_factory.getbasetemp()) / "nlu-models")
-    set_engine(engine)
-    yield engine
-    set_engine(None)
-
-
 @pytest.fixture
-def twilio_api() -> Iterator[TwilioStub]:
-    stub = TwilioStub(account_sid=SID, auth_token=TOKEN).start()
-    yield stub
-    stub.stop()
-
-
-@pytest.fixture
-def relay() -> Iterator[Relay]:
-    handler = Relay()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    handler.port = port  # type: ignore[attr-defined]
-    yield handler
-    controller.stop()
-
-
-@pytest.fixture
-def live(settings: Settings, twilio_api: TwilioStub, relay: Relay, tmp_path: Path,
+def live(settings: Settings, twilio_api: TwilioStub, relay: tuple[Relay, int], tmp_path: Path,
          nlu: Any) -> Iterator[LiveServer]:
     server = start_server(twilio_settings(
         settings, twilio_api, data_dir=tmp_path, smtp_host="127.0.0.1",
-        smtp_port=relay.port))  # type: ignore[attr-defined]
+        smtp_port=relay[1]))
     seed_desk(server.runtime.engine)
     yield server
     server.stop()
@@ -100,10 +72,10 @@ class Chat:
         return [str(m.get("text")) for m in response.json()]
 
 
-def code_mailed_to(relay: Relay, address: str, count: int = 1) -> str:
+def code_mailed_to(relay: tuple[Relay, int], address: str, count: int = 1) -> str:
     """The code in the ``count``-th code mail to ``address``."""
     def mails() -> list[Any]:
-        return [m for m in relay.messages() if address in str(m["To"])]
+        return [m for m in relay[0].messages() if address in str(m["To"])]
 
     found = eventually(lambda: len(mails()) >= count and mails())
     body = str(found[count - 1].get_body(("plain",)).get_content())
@@ -133,7 +105,7 @@ def contact_ids(engine: Any, channel: str, sender: str, driver_id: int) -> tuple
 
 
 def test_a_web_chat_verified_in_the_dialogue_joins_the_drivers_contact_and_ticket_at_once(
-        live: LiveServer, twilio_api: TwilioStub, relay: Relay) -> None:
+        live: LiveServer, twilio_api: TwilioStub, relay: tuple[Relay, int]) -> None:
     engine = live.runtime.engine
     phone = number()
     with session_scope(engine) as session:
@@ -196,7 +168,7 @@ def test_a_web_chat_verified_in_the_dialogue_joins_the_drivers_contact_and_ticke
 
 
 def test_the_message_with_the_code_already_joins_the_number_to_the_driver(
-        live: LiveServer, twilio_api: TwilioStub, relay: Relay) -> None:
+        live: LiveServer, twilio_api: TwilioStub, relay: tuple[Relay, int]) -> None:
     engine = live.runtime.engine
     linked: list[contacts.ContactLinked] = []
     live.runtime.bus.subscribe(contacts.ContactLinked, linked.append)
@@ -230,7 +202,7 @@ def test_the_message_with_the_code_already_joins_the_number_to_the_driver(
 
 
 def test_a_code_for_a_number_that_said_stop_goes_by_e_mail_and_the_driver_is_told_so(
-        live: LiveServer, twilio_api: TwilioStub, relay: Relay) -> None:
+        live: LiveServer, twilio_api: TwilioStub, relay: tuple[Relay, int]) -> None:
     engine = live.runtime.engine
     phone = number()
     with session_scope(engine) as session:
@@ -264,7 +236,7 @@ def test_a_code_for_a_number_that_said_stop_goes_by_e_mail_and_the_driver_is_tol
 
 
 def test_a_code_for_a_number_that_said_stop_and_no_e_mail_is_not_said_to_be_sent(
-        live: LiveServer, twilio_api: TwilioStub, relay: Relay) -> None:
+        live: LiveServer, twilio_api: TwilioStub, relay: tuple[Relay, int]) -> None:
     engine = live.runtime.engine
     phone = number()
     with session_scope(engine) as session:
@@ -281,12 +253,12 @@ def test_a_code_for_a_number_that_said_stop_and_no_e_mail_is_not_said_to_be_sent
                        "texts. You can also give me the e-mail address on your account.")
     assert not any("sent a code" in line and "haven't" not in line for line in told), told
     assert "e-mail address on your account" in told[-1]  # asked again
-    assert twilio_api.sent(phone) == [] and relay.envelopes == []
+    assert twilio_api.sent(phone) == [] and relay[0].envelopes == []
     # Signing in from the widget is refused with the reason, not answered "sent".
     started = httpx.post(live.base_url + "/chat/verify/start", headers=Chat(live).headers,
                          json={"contact": phone}, timeout=30)
     assert started.status_code == 409 and "opted out" in started.json()["detail"]
-    assert twilio_api.sent(phone) == [] and relay.envelopes == []
+    assert twilio_api.sent(phone) == [] and relay[0].envelopes == []
 
 
 def _opted_out(engine: Any, phone: str) -> bool:

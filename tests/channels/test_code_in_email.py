@@ -29,13 +29,7 @@ from chargedesk.db import session_scope
 from chargedesk.models import Role
 from chargedesk.settings import Settings
 from tests.billing_api.factories import make_driver
-from tests.channels.test_code_in_conversation import (  # noqa: F401  (fixtures)
-    contact_ids,
-    nlu,
-    relay,
-    ticket_of,
-    twilio_api,
-)
+from tests.channels.test_code_in_conversation import contact_ids, ticket_of
 from tests.channels.test_email import (
     SUPPORT,
     SUPPORT_HEADER,
@@ -55,11 +49,11 @@ ACCOUNT = "sam.reed@example.se"
 
 
 @pytest.fixture
-def live(settings: Settings, twilio_api: TwilioStub, relay: Relay, tmp_path: Path,  # noqa: F811
-         nlu: Any) -> Iterator[LiveServer]:  # noqa: F811
+def live(settings: Settings, twilio_api: TwilioStub, relay: tuple[Relay, int], tmp_path: Path,
+         nlu: Any) -> Iterator[LiveServer]:
     server = start_mail_server(twilio_settings(
         settings, twilio_api, data_dir=tmp_path, smtp_host="127.0.0.1",
-        smtp_port=relay.port, smtp_inbound_port=free_port(),  # type: ignore[attr-defined]
+        smtp_port=relay[1], smtp_inbound_port=free_port(),
         support_address=SUPPORT_HEADER))
     seed_desk(server.runtime.engine)
     yield server
@@ -89,7 +83,7 @@ def inbound_statuses(engine: Any) -> list[InboundStatus]:
 
 
 def test_the_mail_with_the_code_joins_the_thread_to_the_drivers_open_ticket_at_once(
-        live: LiveServer, twilio_api: TwilioStub, relay: Relay) -> None:  # noqa: F811
+        live: LiveServer, twilio_api: TwilioStub, relay: tuple[Relay, int]) -> None:
     engine = live.runtime.engine
     phone = number()
     with session_scope(engine) as session:
@@ -102,7 +96,7 @@ def test_the_mail_with_the_code_joins_the_thread_to_the_drivers_open_ticket_at_o
     # Later he e-mails from work about his account: nothing proves who he is.
     send(live, mail(sender=f"Sam Reed <{WORK}>", subject="My account",
                     text="What's my balance?"))
-    asked = nth_mail_to(relay, WORK, 1)
+    asked = nth_mail_to(relay[0], WORK, 1)
     assert "e-mail address on your account" in body(asked), body(asked)
     with Session(engine) as session:
         [thread] = session.exec(select(EmailThread).where(EmailThread.address == WORK)).all()
@@ -110,14 +104,14 @@ def test_the_mail_with_the_code_joins_the_thread_to_the_drivers_open_ticket_at_o
     assert ticket_of(engine, "email", token) is None
 
     send(live, reply_to(asked, ACCOUNT))
-    told = nth_mail_to(relay, WORK, 2)
+    told = nth_mail_to(relay[0], WORK, 2)
     assert "I've sent a code" in body(told), body(told)
-    mailed = body(nth_mail_to(relay, ACCOUNT, 1))
+    mailed = body(nth_mail_to(relay[0], ACCOUNT, 1))
     code = re.search(r"\b(\d{6})\b", mailed)
     assert code is not None, mailed
 
     send(live, reply_to(told, code.group(1)))
-    answered = body(nth_mail_to(relay, WORK, 3))
+    answered = body(nth_mail_to(relay[0], WORK, 3))
 
     # The reply to that very mail says people have his case: the thread joined his
     # ticket, paused, and it is his contact's.
@@ -135,14 +129,14 @@ def test_the_mail_with_the_code_joins_the_thread_to_the_drivers_open_ticket_at_o
 
     # His next mail goes to the people who have his case, not to the bot; their answer
     # goes to the thread, where he wrote last.
-    send(live, reply_to(nth_mail_to(relay, WORK, 3), "Is anyone there?"))
+    send(live, reply_to(nth_mail_to(relay[0], WORK, 3), "Is anyone there?"))
     eventually(lambda: inbound_statuses(engine)[3:] == [InboundStatus.no_answer])
-    assert len(mails_to(relay, WORK)) == 3
+    assert len(mails_to(relay[0], WORK)) == 3
     agent = httpx.Client(base_url=live.base_url, timeout=30, headers={
         "Authorization": f"Bearer {make_key(engine, Role.agent)}"})
     replied = agent.post(f"/api/v1/support/tickets/{ticket_id}/reply",
                          json={"text": "Yes, I'm here. How can I help?"})
     assert replied.status_code == 201, replied.text
     assert replied.json()["channel"] == "email"
-    answer = nth_mail_to(relay, WORK, 4)
+    answer = nth_mail_to(relay[0], WORK, 4)
     assert "Yes, I'm here." in body(answer) and SUPPORT in str(answer["From"])

@@ -8,13 +8,11 @@ driver's.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from sqlmodel import Session, select
 
 import assistant.service
@@ -208,16 +206,6 @@ def test_history_is_every_channel_in_time_order_with_the_channel_marked(
 
 
 # ---------------------------------------------------------------- over SMTP
-
-
-@pytest.fixture
-def relay() -> Iterator[tuple[Relay, int]]:
-    handler = Relay()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield handler, port
-    controller.stop()
 
 
 def test_only_a_dmarc_pass_from_the_trusted_server_joins_an_address_to_the_driver(

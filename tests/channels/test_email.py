@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from sqlmodel import col, select
 
 import assistant.service
@@ -47,6 +46,7 @@ from assistant.nlu.engine import NluEngine, load_or_train, set_engine
 from chargedesk.db import session_scope
 from chargedesk.settings import Settings
 from tests.billing_api.factories import make_driver
+from tests.channels.fixtures import Relay, free_port
 from tests.conftest import LiveServer, start_server
 
 SUPPORT = "support@chargedesk.test"
@@ -55,37 +55,6 @@ DRIVER = "anna.lindqvist@example.se"
 
 
 # ---------------------------------------------------------------- SMTP on loopback
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Relay:
-    """The outgoing SMTP relay: an aiosmtpd server keeping every envelope it accepts."""
-
-    def __init__(self) -> None:
-        self.envelopes: list[Any] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.envelopes.append(envelope)
-        return "250 OK"
-
-    def messages(self) -> list[EmailMessage]:
-        return [email.message_from_bytes(e.content, policy=email.policy.default)  # type: ignore[misc]
-                for e in list(self.envelopes)]
-
-
-@pytest.fixture
-def relay() -> Iterator[tuple[Relay, int]]:
-    handler = Relay()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield handler, port
-    controller.stop()
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = 30) -> Any:

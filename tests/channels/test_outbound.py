@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 from sqlmodel import Session, col, select
 
 from assistant.channels.email_models import InboundEmail, InboundStatus, OutboundEmail
@@ -24,7 +23,6 @@ from assistant.channels.models import SmsDirection, SmsMessage, SmsStatus
 from assistant.channels.twilio import sms
 from assistant.channels.twilio.segments import split_message
 from assistant.models import Conversation
-from assistant.nlu.engine import load_or_train, set_engine
 from chargedesk.bench.sms import TwilioStub
 from chargedesk.db import session_scope
 from chargedesk.models import Role
@@ -49,31 +47,6 @@ from tests.support.conftest import seed_desk
 
 SUPPORT_HEADER = "ChargeDesk Support <support@chargedesk.test>"
 MESSAGES = f"/2010-04-01/Accounts/{SID}/Messages.json"
-
-
-@pytest.fixture(scope="session")
-def nlu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    engine = load_or_train(Path(tmp_path_factory.getbasetemp()) / "nlu-models")
-    set_engine(engine)
-    yield engine
-    set_engine(None)
-
-
-@pytest.fixture
-def twilio_api() -> Iterator[TwilioStub]:
-    stub = TwilioStub(account_sid=SID, auth_token=TOKEN).start()
-    yield stub
-    stub.stop()
-
-
-@pytest.fixture
-def relay() -> Iterator[tuple[Relay, int]]:
-    handler = Relay()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield handler, port
-    controller.stop()
 
 
 def channel_settings(settings: Settings, twilio_api: TwilioStub, relay: tuple[Relay, int],

@@ -14,7 +14,6 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -30,15 +29,13 @@ from assistant.dialogue import store
 from assistant.dialogue.domain import get_domain
 from assistant.events import BotUttered
 from assistant.models import Escalation, EscalationReason
-from assistant.nlu.engine import load_or_train, set_engine
 from chargedesk.bench.sms import TwilioStub
 from chargedesk.db import session_scope
 from chargedesk.settings import Settings
 from tests.billing_api.factories import make_driver
+from tests.channels.fixtures import SID, TOKEN
 from tests.conftest import LiveServer, start_server
 
-SID = "AC" + "5f0e1d2c3b4a" * 2 + "00112233"
-TOKEN = "0b5c1f2e3d4a59687766554433221100"
 OUR_NUMBER = "+46766861000"
 PUBLIC = "https://support.chargedesk.example"
 SMS = "/webhooks/twilio/sms"
@@ -49,21 +46,6 @@ T = TypeVar("T")
 
 
 # ------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope="session")
-def nlu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    engine = load_or_train(Path(tmp_path_factory.getbasetemp()) / "nlu-models")
-    set_engine(engine)
-    yield engine
-    set_engine(None)
-
-
-@pytest.fixture
-def twilio_api() -> Iterator[TwilioStub]:
-    stub = TwilioStub(account_sid=SID, auth_token=TOKEN).start()
-    yield stub
-    stub.stop()
 
 
 def twilio_settings(settings: Settings, stub: TwilioStub, **changes: Any) -> Settings:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,7 +19,6 @@ from assistant.channels.models import VoiceCall
 from assistant.dialogue import store
 from assistant.dialogue.domain import get_domain
 from assistant.models import Escalation, EscalationReason
-from assistant.nlu.engine import load_or_train, set_engine
 from chargedesk.bench.sms import TwilioStub
 from chargedesk.db import session_scope
 from chargedesk.settings import Settings
@@ -41,14 +39,6 @@ from tests.channels.test_sms import (
 from tests.conftest import LiveServer, start_server
 
 VOICE = "/webhooks/twilio/voice"
-
-
-@pytest.fixture(scope="session")
-def nlu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    engine = load_or_train(Path(tmp_path_factory.getbasetemp()) / "nlu-models")
-    set_engine(engine)
-    yield engine
-    set_engine(None)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from chargedesk.settings import Settings
 from chargedesk.types import utcnow
 from station_api import service as stations
 from tests.billing_api.factories import make_driver
+from tests.channels.fixtures import twilio_api  # noqa: F401  (fixtures)
 from tests.station_api.test_central_system import register
 
 SECRET = "notification-tests-chat-secret"

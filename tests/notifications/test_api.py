@@ -16,6 +16,7 @@ from chargedesk.bench.sms import TwilioStub
 from chargedesk.db import session_scope
 from chargedesk.settings import Settings
 from tests.billing_api.factories import make_driver
+from tests.channels.fixtures import SID, TOKEN
 from tests.conftest import LiveServer, start_server
 from tests.notifications.conftest import ANNA_PHONE, SCRIPTED, World
 from tests.notifications.test_journeys import START, iso
@@ -102,16 +103,7 @@ async def test_operators_and_agents_see_the_outbox(world: World, agent_key: str)
 
 # ---------------------------------------------------------------- through Twilio
 
-SID = "AC" + "4e0d1c2b3a59" * 2 + "00112244"
-TOKEN = "1c5b1f2e3d4a59687766554433221199"
 OUR_NUMBER = "+46766861001"
-
-
-@pytest.fixture
-def twilio_api() -> Iterator[TwilioStub]:
-    stub = TwilioStub(account_sid=SID, auth_token=TOKEN).start()
-    yield stub
-    stub.stop()
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from support import config
 from support.models import AgentRole, SupportAgent, Ticket
 from tests.assistant.conftest import nlu, training  # noqa: F401  (fixtures)
 from tests.billing_api.factories import make_driver
+from tests.channels.fixtures import relay, twilio_api  # noqa: F401  (fixtures)
 
 # A Tuesday, 10:00 in Stockholm: every team is open.
 TUESDAY_10 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)

@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 from sqlmodel import Session, select
 
 from assistant.dialogue import store
@@ -30,9 +29,7 @@ from tests.channels.test_email import Relay, free_port
 from tests.channels.test_sms import (
     OUR_NUMBER,
     PUBLIC,
-    SID,
     STATUS,
-    TOKEN,
     eventually,
     number,
     text,
@@ -40,23 +37,6 @@ from tests.channels.test_sms import (
 )
 from tests.conftest import LiveServer, make_key, start_server
 from tests.support.conftest import PASSWORD, seed_desk
-
-
-@pytest.fixture
-def twilio_api() -> Iterator[TwilioStub]:
-    stub = TwilioStub(account_sid=SID, auth_token=TOKEN).start()
-    yield stub
-    stub.stop()
-
-
-@pytest.fixture
-def relay() -> Iterator[tuple[Relay, int]]:
-    handler = Relay()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield handler, port
-    controller.stop()
 
 
 @pytest.fixture

@@ -28,18 +28,11 @@ from support import config, service
 from support.auth import Actor
 from support.models import CsatState, Ticket, TicketStatus
 from tests.billing_api.factories import make_driver
-from tests.channels.test_sms import SID, TOKEN, eventually, number, text, twilio_settings
+from tests.channels.test_sms import eventually, number, text, twilio_settings
 from tests.channels.test_voice import Call
 from tests.conftest import LiveServer, make_key, start_server
 from tests.support.conftest import Desk, seed_desk
 from tests.support.test_webhooks import Receiver
-
-
-@pytest.fixture
-def twilio_api() -> Iterator[TwilioStub]:
-    stub = TwilioStub(account_sid=SID, auth_token=TOKEN).start()
-    yield stub
-    stub.stop()
 
 
 @pytest.fixture

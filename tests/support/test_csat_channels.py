@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 from sqlmodel import Session, select
 
 from assistant.channels.email_models import InboundEmail, InboundStatus
@@ -23,27 +22,11 @@ from chargedesk.bench.sms import TwilioStub
 from chargedesk.models import Role
 from chargedesk.settings import Settings
 from support.models import CsatState, Ticket
-from tests.channels.test_email import Relay, free_port, mail, send, start_mail_server
+from tests.channels.test_email import Relay, mail, send, start_mail_server
 from tests.channels.test_outbound import channel_settings, handed_over_by_sms, rows_of, ticket_of
-from tests.channels.test_sms import SID, TOKEN, eventually, text
+from tests.channels.test_sms import eventually, text
 from tests.conftest import LiveServer, make_key
 from tests.support.conftest import seed_desk
-
-
-@pytest.fixture
-def twilio_api() -> Iterator[TwilioStub]:
-    stub = TwilioStub(account_sid=SID, auth_token=TOKEN).start()
-    yield stub
-    stub.stop()
-
-
-@pytest.fixture
-def relay() -> Iterator[tuple[Relay, int]]:
-    handler, port = Relay(), free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield handler, port
-    controller.stop()
 
 
 @pytest.fixture

@@ -31,7 +31,6 @@ from tests.support.test_csat_after_call import (  # noqa: F401  (fixtures)
     signed_rating_messages,
     subscribe,
     ticket_row,
-    twilio_api,
 )
 from tests.support.test_webhooks import Receiver
 
@@ -39,7 +38,7 @@ HOUR = 3600.0
 
 
 @pytest.fixture
-def live(settings: Settings, twilio_api: TwilioStub, nlu: Any,  # noqa: F811
+def live(settings: Settings, twilio_api: TwilioStub, nlu: Any,
          monkeypatch: pytest.MonkeyPatch) -> Iterator[LiveServer]:
     """Voice, SMS and the desk's jobs (inbox every 0.3 s; webhooks only once an hour)."""
     monkeypatch.setattr(scheduled, "WEBHOOK_SECONDS", HOUR)
