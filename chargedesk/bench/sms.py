@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import os
 import re
@@ -41,6 +40,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from chargedesk.bench import stats
+from chargedesk.bench.keepalive import Connection
 from chargedesk.bench.serving import DemoServer
 
 P99_TARGET_MS = 100.0
@@ -320,46 +320,6 @@ class Tally:
         }
 
 
-class Connection:
-    """One keep-alive HTTP/1.1 connection: a few tens of microseconds per request, where
-    httpx would spend milliseconds and make the load generator the bottleneck."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def request(self, head: bytes, body: bytes) -> tuple[int, bytes]:
-        if self.writer is None or self.writer.is_closing():
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        assert self.reader is not None
-        self.writer.write(head + body)
-        try:
-            status_line = await self.reader.readuntil(b"\r\n")
-            length, close = 0, False
-            while (line := await self.reader.readuntil(b"\r\n")) != b"\r\n":
-                name, _, value = line.decode("latin-1").partition(":")
-                name = name.strip().lower()
-                if name == "content-length":
-                    length = int(value)
-                elif name == "connection" and value.strip().lower() == "close":
-                    close = True
-            payload = await self.reader.readexactly(length)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-            await self.close()
-            raise ConnectionError(f"connection lost: {exc}") from exc
-        if close:
-            await self.close()
-        return int(status_line.split(b" ", 2)[1]), payload
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            with contextlib.suppress(OSError, ConnectionError):
-                await self.writer.wait_closed()
-            self.writer = None
-
-
 @dataclass(frozen=True)
 class Target:
     host: str
@@ -404,7 +364,7 @@ async def _load(target: Target, requests: list[tuple[bytes, bytes]], concurrency
                 if tally.first_send is None or sent < tally.first_send:
                     tally.first_send = sent
                 try:
-                    code, _ = await asyncio.wait_for(conn.request(head, body),
+                    code, _ = await asyncio.wait_for(conn.send(head + body),
                                                      REQUEST_TIMEOUT_S)
                 except (OSError, ConnectionError, TimeoutError, ValueError) as exc:
                     tally.error(type(exc).__name__)
@@ -520,7 +480,7 @@ async def _probe(target: Target, stub: TwilioStub) -> None:
     head, body = signed_sms(target, sender=SENDERS[0], text="Hej")
     conn = Connection(target.host, target.port)
     try:
-        code, payload = await conn.request(head, body)
+        code, payload = await conn.send(head + body)
     finally:
         await conn.close()
     if code != 200:
